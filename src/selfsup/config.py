@@ -1,0 +1,317 @@
+"""Typed, validated parameters for every stage.
+
+Kedro instantiates these models from `conf/base/parameters_*.yml` when it builds the
+catalog (node arguments are annotated with them), so a bad value fails before any node
+runs, with a message that names the parameter and the allowed range. The models are
+plain Pydantic and are used the same way outside Kedro.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FloatRange = tuple[float, float]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_range(
+    name: str,
+    value: FloatRange,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = True,
+    high_open: bool = False,
+) -> FloatRange:
+    """Check that `value` is an ordered pair inside (low, high]; raise naming `name`."""
+    lo, hi = value
+    left, right = ("(" if low_open else "["), (")" if high_open else "]")
+    allowed = f"{left}{low}, {high}{right}"
+    below = lo <= low if low_open else lo < low
+    above = hi >= high if high_open else hi > high
+    if below or above or lo > hi:
+        raise ValueError(
+            f"{name}={list(value)} is invalid: both ends must lie in {allowed} "
+            f"and the first must not exceed the second"
+        )
+    return value
+
+
+class SplitConfig(StrictModel):
+    """Fractions of the labelled set held out for validation and test (stratified)."""
+
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leave_a_train_split(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(
+                f"split.val + split.test = {self.val + self.test} must be below 1 "
+                "so that a train split remains"
+            )
+        return self
+
+
+class IngestionConfig(StrictModel):
+    """Where images come from. `source` is looked up in `selfsup.data.sources.SOURCES`."""
+
+    source: str = "digits"
+    options: dict = Field(default_factory=dict)
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, name: str) -> str:
+        from selfsup.data.sources import SOURCES
+
+        if name not in SOURCES:
+            raise ValueError(
+                f"unknown source {name!r} in ingestion.source; "
+                f"choose one of {sorted(SOURCES)}"
+            )
+        return name
+
+
+class MultiBlockConfig(StrictModel):
+    """I-JEPA multi-block masking; defaults are the paper's (Assran et al., 2023)."""
+
+    num_targets: int = Field(4, ge=1, le=16)
+    target_scale: FloatRange = (0.15, 0.2)
+    target_aspect_ratio: FloatRange = (0.75, 1.5)
+    context_scale: FloatRange = (0.85, 1.0)
+    context_aspect_ratio: FloatRange = (1.0, 1.0)
+    min_keep: int = Field(4, ge=1)
+    max_tries: int = Field(100, ge=1)
+
+    @field_validator("target_scale", "context_scale")
+    @classmethod
+    def _scale_in_unit_interval(cls, value: FloatRange, info) -> FloatRange:
+        return check_range(f"multiblock.{info.field_name}", value, 0.0, 1.0)
+
+    @field_validator("target_aspect_ratio", "context_aspect_ratio")
+    @classmethod
+    def _positive_aspect_ratio(cls, value: FloatRange, info) -> FloatRange:
+        return check_range(
+            f"multiblock.{info.field_name}", value, 0.0, math.inf, high_open=True
+        )
+
+
+class MaskingConfig(StrictModel):
+    """Image size, patch grid and the mask sampler."""
+
+    image_size: int = Field(32, ge=1)
+    patch_size: int = Field(4, ge=1)
+    multiblock: MultiBlockConfig = MultiBlockConfig()
+    preview_images: int = Field(6, ge=1, le=32)
+    stats_num_masks: int = Field(2000, ge=1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @model_validator(mode="after")
+    def _grid_and_masks_are_feasible(self) -> MaskingConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"masking.image_size={self.image_size} is not divisible by "
+                f"masking.patch_size={self.patch_size}; pick sizes such that "
+                "image_size % patch_size == 0"
+            )
+        if self.grid_size < 2:
+            raise ValueError(
+                f"masking.image_size / masking.patch_size = {self.grid_size}: the patch "
+                "grid needs at least 2x2 patches (8x8 or more recommended)"
+            )
+        blocks = self.multiblock
+        if blocks.min_keep >= self.num_patches:
+            raise ValueError(
+                f"masking.multiblock.min_keep={blocks.min_keep} must be below the "
+                f"number of patches ({self.num_patches})"
+            )
+        # Imported here: masks.py depends on this module for its types.
+        from selfsup.masks import MaskSamplingError, MultiBlockMaskSampler
+
+        try:
+            MultiBlockMaskSampler(self.grid_size, blocks).check_feasible()
+        except MaskSamplingError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+
+class EncoderConfig(StrictModel):
+    """ViT encoder shared by every method so comparisons are fair."""
+
+    embed_dim: int = Field(192, ge=4)
+    depth: int = Field(6, ge=1)
+    num_heads: int = Field(3, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> EncoderConfig:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"encoder.embed_dim={self.embed_dim} must be divisible by "
+                f"encoder.num_heads={self.num_heads}"
+            )
+        if self.embed_dim % 4:
+            raise ValueError(
+                f"encoder.embed_dim={self.embed_dim} must be divisible by 4 "
+                "(2-D sin-cos positional embedding)"
+            )
+        return self
+
+
+class PredictorConfig(StrictModel):
+    """The narrow I-JEPA predictor (paper: width 384 for ViT-B/L/H)."""
+
+    embed_dim: int = Field(96, ge=4)
+    depth: int = Field(3, ge=1)
+    num_heads: int = Field(3, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> PredictorConfig:
+        if self.embed_dim % self.num_heads or self.embed_dim % 4:
+            raise ValueError(
+                f"predictor.embed_dim={self.embed_dim} must be divisible by "
+                f"predictor.num_heads={self.num_heads} and by 4"
+            )
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """Optimizer and schedules, identical in form for every method."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    start_lr: float = Field(1e-4, ge=0)
+    final_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(2, ge=0)
+    weight_decay: FloatRange = (0.04, 0.4)
+    betas: FloatRange = (0.9, 0.999)
+    grad_clip: float | None = Field(None, gt=0)
+    crop_scale: FloatRange | None = None
+    num_threads: int | None = Field(None, ge=1)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative_decay(cls, value: FloatRange) -> FloatRange:
+        if min(value) < 0:
+            raise ValueError(f"training.weight_decay={list(value)} must be >= 0")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"training.betas={list(value)} must lie in [0, 1)")
+        return value
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_in_unit_interval(cls, value: FloatRange | None) -> FloatRange | None:
+        return None if value is None else check_range("training.crop_scale", value, 0, 1)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"training.warmup_epochs={self.warmup_epochs} exceeds "
+                f"training.epochs={self.epochs}"
+            )
+        return self
+
+
+class IJEPAConfig(StrictModel):
+    """Method-specific I-JEPA parameters (masking is shared, in `masking`)."""
+
+    predictor: PredictorConfig = PredictorConfig()
+    loss: Literal["l2", "smooth_l1"] = "l2"
+    ema_momentum: FloatRange = (0.996, 1.0)
+
+    @field_validator("ema_momentum")
+    @classmethod
+    def _momentum_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        return check_range("hyperparameters.ema_momentum", value, 0.0, 1.0)
+
+
+class PretrainingConfig(StrictModel):
+    """One pretraining run: which method, its hyperparameters and the training recipe.
+
+    `hyperparameters` is validated by the method's own config class
+    (`selfsup.methods.METHODS[method].config_class`), so a new method brings its
+    parameters without changes here.
+    """
+
+    method: str
+    hyperparameters: dict = Field(default_factory=dict)
+    training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _known_method_with_valid_hyperparameters(self) -> PretrainingConfig:
+        from pydantic import ValidationError
+
+        from selfsup.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(
+                f"unknown method {self.method!r}; choose one of {sorted(METHODS)}"
+            )
+        try:
+            METHODS[self.method].config_class.model_validate(self.hyperparameters)
+        except ValidationError as error:
+            raise ValueError(f"{self.method} hyperparameters: {error}") from None
+        return self
+
+
+class FeatureConfig(StrictModel):
+    """How frozen features are read from an encoder."""
+
+    pooling: Literal["last", "last4"] = "last"
+    batch_size: int = Field(256, ge=1)
+
+
+class LowShotConfig(StrictModel):
+    shots: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    draws: int = Field(5, ge=1)
+
+    @field_validator("shots")
+    @classmethod
+    def _positive_shots(cls, shots: list[int]) -> list[int]:
+        if not shots or min(shots) < 1:
+            raise ValueError(f"evaluation.low_shot.shots={shots} must be positive")
+        return shots
+
+
+class EvaluationConfig(StrictModel):
+    """Linear probe, low-shot probe and kNN protocols."""
+
+    c_grid: list[float] = Field(
+        default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+    )
+    max_iter: int = Field(1000, ge=10)
+    low_shot: LowShotConfig = LowShotConfig()
+    knn_k: int = Field(20, ge=1)
+
+    @field_validator("c_grid")
+    @classmethod
+    def _positive_grid(cls, grid: list[float]) -> list[float]:
+        if not grid or min(grid) <= 0:
+            raise ValueError(f"evaluation.c_grid={grid} must hold positive values")
+        return grid

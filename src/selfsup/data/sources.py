@@ -1,0 +1,63 @@
+"""Image sources, looked up by name from `ingestion.source`.
+
+A source is a function `options -> ImageSet`; adding one (image folders, array files)
+means adding a function to `SOURCES`, not changing the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """uint8 images (N, H, W, C), int64 labels (N,) and one name per class index."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 (N, H, W, C), got {self.images.dtype} "
+                f"{self.images.shape}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels shape {self.labels.shape} does not match "
+                f"{self.images.shape[0]} images"
+            )
+
+
+def load_digits(options: dict) -> ImageSet:
+    """scikit-learn's handwritten digits: 1,797 grayscale 8x8 images, 10 classes.
+
+    Shipped inside scikit-learn, so the default run needs no download. Pixel values
+    0..16 are scaled to 0..255.
+    """
+    if options:
+        raise ValueError(f"the digits source takes no ingestion.options, got {options}")
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return ImageSet(
+        images=images,
+        labels=digits.target.astype(np.int64),
+        class_names=[str(name) for name in digits.target_names],
+    )
+
+
+SOURCES: dict[str, Callable[[dict], ImageSet]] = {"digits": load_digits}
+
+
+def load_source(name: str, options: dict) -> ImageSet:
+    if name not in SOURCES:
+        raise ValueError(
+            f"unknown source {name!r} in ingestion.source; choose one of {sorted(SOURCES)}"
+        )
+    return SOURCES[name](options)

@@ -1,0 +1,74 @@
+"""Two small Kedro datasets that kedro-datasets does not offer.
+
+- `NumpyDataset`: one array in `.npy` (no pickles), optionally memory-mapped on load.
+- `EncoderDataset`: encoder weights plus the configuration that rebuilds the encoder,
+  in a `torch.save` file whose contents are plain tensors, strings and numbers, so
+  it loads with `torch.load(weights_only=True)` and cannot run code.
+Both write to a temporary file and rename it, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from kedro.io import AbstractDataset, DatasetError
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp")
+
+
+class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
+    def __init__(self, filepath: str, mmap_mode: str | None = None) -> None:
+        self._filepath = Path(filepath)
+        self._mmap_mode = mmap_mode
+
+    def load(self) -> np.ndarray:
+        if not self._filepath.exists():
+            raise DatasetError(f"{self._filepath} does not exist; run the pipeline that writes it")
+        return np.load(self._filepath, mmap_mode=self._mmap_mode, allow_pickle=False)
+
+    def save(self, data: np.ndarray) -> None:
+        tmp = _atomic_target(self._filepath)
+        with tmp.open("wb") as handle:
+            np.save(handle, np.asarray(data), allow_pickle=False)
+        os.replace(tmp, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(PurePosixPath(self._filepath)), "mmap_mode": self._mmap_mode}
+
+
+class EncoderDataset(AbstractDataset[dict, dict]):
+    """Saves and loads `{"state_dict": {name: tensor}, "config": {...plain values}}`."""
+
+    def __init__(self, filepath: str) -> None:
+        self._filepath = Path(filepath)
+
+    def load(self) -> dict:
+        if not self._filepath.exists():
+            raise DatasetError(
+                f"{self._filepath} does not exist; run the pretraining pipeline first"
+            )
+        return torch.load(self._filepath, map_location="cpu", weights_only=True)
+
+    def save(self, data: dict) -> None:
+        if set(data) != {"state_dict", "config"}:
+            raise DatasetError("EncoderDataset saves a dict with keys 'state_dict' and 'config'")
+        tmp = _atomic_target(self._filepath)
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in data["state_dict"].items()}
+        torch.save({"state_dict": state, "config": data["config"]}, tmp)
+        os.replace(tmp, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(PurePosixPath(self._filepath))}

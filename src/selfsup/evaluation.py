@@ -1,0 +1,134 @@
+"""Frozen-feature evaluation: linear probe, low-shot probe and kNN (scikit-learn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+from selfsup.config import EvaluationConfig
+from selfsup.models import VisionTransformerEncoder
+
+
+@torch.no_grad()
+def encoder_features(
+    encoder: VisionTransformerEncoder,
+    images: torch.Tensor,
+    pooling: str = "last",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Average-pooled tokens of the last block (`last`) or the concatenation of the
+    average-pooled last four blocks (`last4`), float32 (N, D)."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    layers = {"last": 1, "last4": 4}[pooling]
+    chunks = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device)
+        outputs = encoder.forward_layers(batch, last=layers)
+        chunks.append(torch.cat([out.mean(dim=1) for out in outputs], dim=-1).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
+
+
+def select_c_and_score(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    config: EvaluationConfig,
+) -> dict:
+    """Fit one probe per C in the grid, keep the best on val, score it on test."""
+    best_c, best_val, best_model = None, -1.0, None
+    for c in config.c_grid:
+        model = fit_logistic(*train, c, config.max_iter)
+        accuracy = model.score(*val)
+        if accuracy > best_val:
+            best_c, best_val, best_model = c, accuracy, model
+    return {
+        "test_accuracy": float(best_model.score(*test)),
+        "val_accuracy": float(best_val),
+        "C": float(best_c),
+    }
+
+
+def few_shot_indices(labels: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
+    """`shots` indices per class drawn without replacement."""
+    picked = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < shots:
+            raise ValueError(
+                f"class {label} has {len(members)} train images, fewer than "
+                f"evaluation.low_shot.shots={shots}"
+            )
+        picked.append(rng.choice(members, size=shots, replace=False))
+    return np.concatenate(picked)
+
+
+def knn_accuracy(
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int
+) -> float:
+    """Majority vote of the k nearest train features by cosine similarity."""
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train[1])), metric="cosine")
+    return float(knn.fit(*train).score(*test))
+
+
+def evaluate_features(
+    features: np.ndarray,
+    labels: np.ndarray,
+    splits: np.ndarray,
+    config: EvaluationConfig,
+    seed: int,
+) -> dict:
+    """All protocols on one feature matrix aligned with `labels` and `splits`.
+
+    Features are standardized with statistics of the whole train split (its images
+    are available without labels in every protocol). C is chosen on the val split
+    from `config.c_grid`, for the full probe and for each low-shot draw.
+    """
+    scaler = StandardScaler().fit(features[splits == "train"])
+    x = scaler.transform(features).astype(np.float32)
+    part = {name: (x[splits == name], labels[splits == name]) for name in ("train", "val", "test")}
+
+    rng = np.random.default_rng(seed)
+    low_shot = {}
+    for shots in config.low_shot.shots:
+        scores = []
+        for _ in range(config.low_shot.draws):
+            chosen = few_shot_indices(part["train"][1], shots, rng)
+            subset = (part["train"][0][chosen], part["train"][1][chosen])
+            scores.append(select_c_and_score(subset, part["val"], part["test"], config)["test_accuracy"])
+        low_shot[str(shots)] = {"mean": float(np.mean(scores)), "std": float(np.std(scores))}
+
+    return {
+        "linear_probe": select_c_and_score(part["train"], part["val"], part["test"], config),
+        "low_shot": low_shot,
+        "knn": {"test_accuracy": knn_accuracy(part["train"], part["test"], config.knn_k)},
+        "feature_dim": int(features.shape[1]),
+    }
+
+
+def metrics_table(metrics: dict[str, dict]) -> str:
+    """Markdown table, one row per feature set."""
+    shots = sorted({int(k) for m in metrics.values() for k in m["low_shot"]})
+    header = ["features", "linear probe", *[f"{k}-shot" for k in shots], "kNN", "C", "dim"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in metrics.items():
+        cells = [
+            name,
+            f"{100 * m['linear_probe']['test_accuracy']:.1f}",
+            *[
+                f"{100 * m['low_shot'][str(k)]['mean']:.1f} ± {100 * m['low_shot'][str(k)]['std']:.1f}"
+                for k in shots
+            ],
+            f"{100 * m['knn']['test_accuracy']:.1f}",
+            f"{m['linear_probe']['C']:g}",
+            str(m.get("feature_dim", "")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,167 @@
+"""A ViT encoder that can see a subset of patches.
+
+timm's `VisionTransformer` always encodes every patch and learns its positions; masked
+methods need fixed positions added *before* patches are dropped, so the encoder is
+assembled here from timm's `PatchEmbed`, `Block` and 2-D sin-cos embedding.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed, build_sincos2d_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from selfsup.config import EncoderConfig
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2-D sin-cos embedding, row-major like `PatchEmbed`."""
+    return build_sincos2d_pos_embed([grid, grid], dim)
+
+
+def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, L) validity -> boolean attention mask (B, 1, 1, L) that hides padded keys."""
+    return None if valid is None else valid[:, None, None, :]
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, D), indices (B, ...) -> (B, ..., D)."""
+    flat = indices.reshape(indices.shape[0], -1)
+    picked = torch.gather(tokens, 1, flat[..., None].expand(-1, -1, tokens.shape[-1]))
+    return picked.reshape(*indices.shape, tokens.shape[-1])
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT initialization: truncated normal linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class VisionTransformerEncoder(nn.Module):
+    """ViT without cls token, with fixed 2-D sin-cos positions.
+
+    `forward(images, patch_indices, valid)` encodes only the patches listed per image;
+    padded entries (valid False) are hidden from attention.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int = 192,
+        depth: int = 6,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
+        self.grid = image_size // patch_size
+        self.register_buffer(
+            "pos_embed", sincos_positions(self.grid, embed_dim)[None], persistent=False
+        )
+        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                drop_path=rate,
+                norm_layer=LayerNorm,
+            )
+            for rate in drop_rates
+        )
+        self.norm = LayerNorm(embed_dim)
+        self.apply(init_weights)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def embed(
+        self, images: torch.Tensor, patch_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        tokens = self.patch_embed(images) + self.pos_embed
+        return tokens if patch_indices is None else gather_tokens(tokens, patch_indices)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        patch_indices: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, D) normed tokens of the selected patches."""
+        return self.forward_layers(images, patch_indices, valid, last=1)[-1]
+
+    def forward_layers(
+        self,
+        images: torch.Tensor,
+        patch_indices: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        last: int = 1,
+    ) -> list[torch.Tensor]:
+        """Normed token outputs of the last `last` blocks, oldest first."""
+        x = self.embed(images, patch_indices)
+        mask = key_padding_mask(valid)
+        outputs = []
+        for depth, block in enumerate(self.blocks):
+            x = block(x, attn_mask=mask)
+            if depth >= len(self.blocks) - last:
+                outputs.append(self.norm(x))
+        return outputs
+
+
+def build_encoder(
+    config: EncoderConfig, image_size: int, patch_size: int, in_chans: int
+) -> VisionTransformerEncoder:
+    return VisionTransformerEncoder(
+        image_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        drop_path_rate=config.drop_path_rate,
+    )
+
+
+def encoder_checkpoint(
+    encoder: VisionTransformerEncoder, config: EncoderConfig, image_size: int, patch_size: int
+) -> dict:
+    """Weights plus everything needed to rebuild the module, as plain values."""
+    in_chans = encoder.patch_embed.proj.in_channels
+    return {
+        "state_dict": encoder.state_dict(),
+        "config": {
+            "encoder": config.model_dump(),
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "in_chans": in_chans,
+        },
+    }
+
+
+def encoder_from_checkpoint(checkpoint: dict) -> VisionTransformerEncoder:
+    config = checkpoint["config"]
+    encoder = build_encoder(
+        EncoderConfig(**config["encoder"]),
+        config["image_size"],
+        config["patch_size"],
+        config["in_chans"],
+    )
+    encoder.load_state_dict(checkpoint["state_dict"])
+    return encoder.eval()

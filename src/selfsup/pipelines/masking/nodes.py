@@ -1,0 +1,45 @@
+"""Resize, normalization statistics, patch grid, and the mask sampler's report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from selfsup.config import MaskingConfig
+from selfsup.data.preprocessing import channel_statistics, resize_images
+from selfsup.masks import MultiBlockMaskSampler, measure_mask_statistics
+from selfsup.plots import plot_mask_preview
+
+
+def prepare_model_input(images: np.ndarray, masking: MaskingConfig) -> np.ndarray:
+    return resize_images(images, masking.image_size)
+
+
+def compute_normalization(model_input_images: np.ndarray, samples: pd.DataFrame) -> dict:
+    """Per-channel mean and std of the train split only (no val/test leakage)."""
+    return channel_statistics(model_input_images[samples["split"].to_numpy() == "train"])
+
+
+def describe_patch_grid(model_input_images: np.ndarray, masking: MaskingConfig) -> dict:
+    return {
+        "image_size": masking.image_size,
+        "patch_size": masking.patch_size,
+        "channels": int(model_input_images.shape[-1]),
+        "grid": [masking.grid_size, masking.grid_size],
+        "num_patches": masking.num_patches,
+        "patch_dim": masking.patch_size**2 * int(model_input_images.shape[-1]),
+    }
+
+
+def mask_statistics(masking: MaskingConfig, seed: int) -> dict:
+    sampler = MultiBlockMaskSampler(masking.grid_size, masking.multiblock)
+    return measure_mask_statistics(sampler, masking.stats_num_masks, seed)
+
+
+def mask_preview(model_input_images: np.ndarray, masking: MaskingConfig, seed: int) -> Figure:
+    rng = np.random.default_rng(seed)
+    count = min(masking.preview_images, len(model_input_images))
+    chosen = rng.choice(len(model_input_images), size=count, replace=False)
+    masks = MultiBlockMaskSampler(masking.grid_size, masking.multiblock).sample(count, rng)
+    return plot_mask_preview(model_input_images[chosen], masks, masking.grid_size, masking.patch_size)

@@ -1,0 +1,45 @@
+from kedro.pipeline import Pipeline, node
+
+from selfsup.pipelines import PRETRAINED
+from selfsup.pipelines.pretraining.nodes import plot_history, pretrain
+
+SHARED_INPUTS = {"model_input_images", "samples", "normalization"}
+SHARED_PARAMETERS = {"params:encoder", "params:masking", "params:seed"}
+
+
+def method_pipeline(namespace: str) -> Pipeline:
+    """The pretraining template under `namespace`; its parameters are `params:<namespace>`."""
+    template = Pipeline(
+        [
+            node(
+                pretrain,
+                [
+                    "model_input_images",
+                    "samples",
+                    "normalization",
+                    "params:encoder",
+                    "params:masking",
+                    "params:pretraining",
+                    "params:seed",
+                ],
+                ["encoder", "training_history"],
+                name="pretrain",
+            ),
+            node(
+                plot_history,
+                ["training_history", "params:pretraining"],
+                "loss_curve",
+                name="plot_loss_curve",
+            ),
+        ]
+    )
+    return Pipeline(
+        template,
+        namespace=namespace,
+        inputs=SHARED_INPUTS,
+        parameters={**{p: p for p in SHARED_PARAMETERS}, "params:pretraining": f"params:{namespace}"},
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return sum((method_pipeline(name) for name in PRETRAINED), Pipeline([]))

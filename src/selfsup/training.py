@@ -1,0 +1,164 @@
+"""The one training loop every method shares."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from selfsup.config import TrainingConfig
+from selfsup.methods.base import PretrainingMethod
+from selfsup.schedules import cosine_schedule, warmup_cosine_schedule
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "training.device=cuda but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
+    return torch.device(name)
+
+
+def parameter_groups(module: torch.nn.Module) -> list[dict]:
+    """AdamW groups: weight decay on matrices only, none on biases and 1-D params."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "apply_weight_decay": True},
+        {"params": no_decay, "apply_weight_decay": False, "weight_decay": 0.0},
+    ]
+
+
+def random_resized_crops(
+    images: torch.Tensor, scale: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
+    """An independent RandomResizedCrop per image (torchvision's applies one per call)."""
+    size = list(images.shape[-2:])
+    crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+    out = torch.empty_like(images)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        for i, image in enumerate(images):
+            out[i] = crop(image)
+    return out
+
+
+def train(
+    method: PretrainingMethod,
+    images: torch.Tensor,
+    config: TrainingConfig,
+    seed: int,
+    description: str = "pretrain",
+) -> pd.DataFrame:
+    """Pretrain `method` on normalized images (N, C, H, W); returns per-step history.
+
+    Every random choice (shuffling, masks, crops) derives from `seed`.
+    """
+    if images.shape[0] < config.batch_size:
+        raise ValueError(
+            f"training.batch_size={config.batch_size} exceeds the {images.shape[0]} "
+            "training images; lower the batch size"
+        )
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    method.to(device)
+    images = images.to(device)
+    use_bf16 = device.type == "cuda"
+
+    groups = parameter_groups(method)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    steps_per_epoch = images.shape[0] // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    mask_rng = np.random.default_rng(seed)
+
+    history: list[dict] = []
+    method.train()
+    progress = tqdm(total=total_steps, desc=description, unit="step", leave=True)
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(config.epochs):
+        order = torch.randperm(images.shape[0], generator=generator)
+        for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
+            lr = warmup_cosine_schedule(
+                config.start_lr, config.lr, config.final_lr, warmup_steps, step, total_steps
+            )
+            weight_decay = cosine_schedule(*config.weight_decay, step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if group["apply_weight_decay"]:
+                    group["weight_decay"] = weight_decay
+
+            batch = images[order[batch_start : batch_start + config.batch_size].to(device)]
+            if config.crop_scale is not None:
+                batch = random_resized_crops(batch, config.crop_scale, generator)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = method.training_loss(batch, mask_rng)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                progress.close()
+                raise NonFiniteLossError(
+                    f"{description}: loss is {loss_value} at step {step} (epoch {epoch}, "
+                    f"lr {lr:.3g}); lower training.lr or set training.grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+            optimizer.step()
+            logged = method.after_optimizer_step(step, total_steps)
+
+            elapsed = time.perf_counter() - start
+            history.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "weight_decay": weight_decay,
+                    **logged,
+                    "elapsed_s": elapsed,
+                }
+            )
+            step += 1
+            progress.update(1)
+            progress.set_postfix(
+                epoch=f"{epoch + 1}/{config.epochs}",
+                loss=f"{loss_value:.4f}",
+                img_s=f"{step * config.batch_size / elapsed:.0f}",
+            )
+    progress.close()
+    method.eval()
+    logger.info(
+        "%s: %d steps in %.1f s (%.0f images/s) on %s, final loss %.4f",
+        description,
+        total_steps,
+        elapsed,
+        total_steps * config.batch_size / elapsed,
+        device,
+        history[-1]["loss"],
+    )
+    return pd.DataFrame(history)
