@@ -1,4 +1,3 @@
-"""selfsup
-"""
+"""selfsup"""
 
 __version__ = "0.1"

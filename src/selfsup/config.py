@@ -75,8 +75,7 @@ class IngestionConfig(StrictModel):
 
         if name not in SOURCES:
             raise ValueError(
-                f"unknown source {name!r} in ingestion.source; "
-                f"choose one of {sorted(SOURCES)}"
+                f"unknown source {name!r} in ingestion.source; choose one of {sorted(SOURCES)}"
             )
         return name
 
@@ -100,9 +99,7 @@ class MultiBlockConfig(StrictModel):
     @field_validator("target_aspect_ratio", "context_aspect_ratio")
     @classmethod
     def _positive_aspect_ratio(cls, value: FloatRange, info) -> FloatRange:
-        return check_range(
-            f"multiblock.{info.field_name}", value, 0.0, math.inf, high_open=True
-        )
+        return check_range(f"multiblock.{info.field_name}", value, 0.0, math.inf, high_open=True)
 
 
 class MaskingConfig(StrictModel):
@@ -232,8 +229,7 @@ class TrainingConfig(StrictModel):
     def _warmup_fits(self) -> TrainingConfig:
         if self.warmup_epochs > self.epochs:
             raise ValueError(
-                f"training.warmup_epochs={self.warmup_epochs} exceeds "
-                f"training.epochs={self.epochs}"
+                f"training.warmup_epochs={self.warmup_epochs} exceeds training.epochs={self.epochs}"
             )
         return self
 
@@ -270,9 +266,7 @@ class PretrainingConfig(StrictModel):
         from selfsup.methods import METHODS
 
         if self.method not in METHODS:
-            raise ValueError(
-                f"unknown method {self.method!r}; choose one of {sorted(METHODS)}"
-            )
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
         try:
             METHODS[self.method].config_class.model_validate(self.hyperparameters)
         except ValidationError as error:
@@ -302,9 +296,7 @@ class LowShotConfig(StrictModel):
 class EvaluationConfig(StrictModel):
     """Linear probe, low-shot probe and kNN protocols."""
 
-    c_grid: list[float] = Field(
-        default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
-    )
+    c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
     max_iter: int = Field(1000, ge=10)
     low_shot: LowShotConfig = LowShotConfig()
     knn_k: int = Field(20, ge=1)

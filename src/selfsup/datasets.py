@@ -10,6 +10,7 @@ Both write to a temporary file and rename it, so a crash never leaves half a fil
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,9 +19,15 @@ import torch
 from kedro.io import AbstractDataset, DatasetError
 
 
-def _atomic_target(path: Path) -> Path:
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a hidden temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -34,10 +41,13 @@ class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
         return np.load(self._filepath, mmap_mode=self._mmap_mode, allow_pickle=False)
 
     def save(self, data: np.ndarray) -> None:
-        tmp = _atomic_target(self._filepath)
-        with tmp.open("wb") as handle:
-            np.save(handle, np.asarray(data), allow_pickle=False)
-        os.replace(tmp, self._filepath)
+        array = np.asarray(data)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+
+        _atomic_write(self._filepath, write)
 
     def _exists(self) -> bool:
         return self._filepath.exists()
@@ -62,10 +72,13 @@ class EncoderDataset(AbstractDataset[dict, dict]):
     def save(self, data: dict) -> None:
         if set(data) != {"state_dict", "config"}:
             raise DatasetError("EncoderDataset saves a dict with keys 'state_dict' and 'config'")
-        tmp = _atomic_target(self._filepath)
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in data["state_dict"].items()}
-        torch.save({"state_dict": state, "config": data["config"]}, tmp)
-        os.replace(tmp, self._filepath)
+        state = {
+            name: tensor.detach().cpu().contiguous() for name, tensor in data["state_dict"].items()
+        }
+        _atomic_write(
+            self._filepath,
+            lambda tmp: torch.save({"state_dict": state, "config": data["config"]}, tmp),
+        )
 
     def _exists(self) -> bool:
         return self._filepath.exists()

@@ -24,6 +24,11 @@ def encoder_features(
     encoder.eval()
     device = next(encoder.parameters()).device
     layers = {"last": 1, "last4": 4}[pooling]
+    if layers > len(encoder.blocks):
+        raise ValueError(
+            f"features.pooling={pooling!r} needs {layers} blocks but the encoder has "
+            f"{len(encoder.blocks)}; use pooling 'last' or a deeper encoder"
+        )
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device)
@@ -102,7 +107,9 @@ def evaluate_features(
         for _ in range(config.low_shot.draws):
             chosen = few_shot_indices(part["train"][1], shots, rng)
             subset = (part["train"][0][chosen], part["train"][1][chosen])
-            scores.append(select_c_and_score(subset, part["val"], part["test"], config)["test_accuracy"])
+            scores.append(
+                select_c_and_score(subset, part["val"], part["test"], config)["test_accuracy"]
+            )
         low_shot[str(shots)] = {"mean": float(np.mean(scores)), "std": float(np.std(scores))}
 
     return {

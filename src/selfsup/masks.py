@@ -82,9 +82,7 @@ class MultiBlockMaskSampler:
     def num_patches(self) -> int:
         return self.grid * self.grid
 
-    def draw_shape(
-        self, rng: np.random.Generator, scale: tuple, aspect_ratio: tuple
-    ) -> BlockShape:
+    def draw_shape(self, rng: np.random.Generator, scale: tuple, aspect_ratio: tuple) -> BlockShape:
         return block_shape(rng.uniform(*scale), rng.uniform(*aspect_ratio), self.grid)
 
     def _place(self, rng: np.random.Generator, shape: BlockShape) -> np.ndarray:
@@ -96,21 +94,28 @@ class MultiBlockMaskSampler:
         return mask
 
     def sample_one(
-        self, rng: np.random.Generator, target_shape: BlockShape
+        self,
+        rng: np.random.Generator,
+        target_shape: BlockShape,
+        context_shape: BlockShape | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray], BlockShape]:
-        """Context indices, M target index arrays and the context block's shape."""
+        """Context indices, M target index arrays and the context block's shape.
+
+        The context shape is drawn per try unless `context_shape` fixes it.
+        """
         cfg = self.config
         for _ in range(cfg.max_tries):
             targets = [self._place(rng, target_shape) for _ in range(cfg.num_targets)]
-            context_shape = self.draw_shape(
-                rng, cfg.context_scale, cfg.context_aspect_ratio
-            )
-            context = self._place(rng, context_shape) & ~np.any(targets, axis=0)
+            if context_shape is None:
+                shape = self.draw_shape(rng, cfg.context_scale, cfg.context_aspect_ratio)
+            else:
+                shape = context_shape
+            context = self._place(rng, shape) & ~np.any(targets, axis=0)
             if context.sum() >= cfg.min_keep:
                 return (
                     np.flatnonzero(context),
                     [np.flatnonzero(t) for t in targets],
-                    context_shape,
+                    shape,
                 )
         raise MaskSamplingError(
             f"no mask in {cfg.max_tries} tries left masking.multiblock.min_keep="
@@ -141,21 +146,25 @@ class MultiBlockMaskSampler:
     def check_feasible(self, num_masks: int = 64, seed: int = 0) -> None:
         """Fail early, with a message naming the parameters, if masks cannot be drawn.
 
-        Draws the hardest case first (largest targets, smallest context) a few times;
-        a sampler that cannot reach `min_keep` there only fails sometimes in training,
-        so it is reported here instead.
+        Draws the hardest case (the largest-area target block with the smallest-area
+        context block the ranges allow) `num_masks` times: a sampler that cannot reach
+        `min_keep` there would only fail now and then in training.
         """
+        cfg = self.config
+
+        def extreme(scale: tuple, aspect: tuple, pick) -> BlockShape:
+            # Rounding makes area non-monotone in aspect ratio: scan the range.
+            shapes = [block_shape(scale, a, self.grid) for a in np.linspace(*aspect, 33)]
+            return pick(shapes, key=lambda shape: shape.area)
+
+        largest_target = extreme(cfg.target_scale[1], cfg.target_aspect_ratio, max)
+        smallest_context = extreme(cfg.context_scale[0], cfg.context_aspect_ratio, min)
         rng = np.random.default_rng(seed)
-        largest = block_shape(
-            self.config.target_scale[1], max(self.config.target_aspect_ratio), self.grid
-        )
         for _ in range(num_masks):
-            self.sample_one(rng, largest)
+            self.sample_one(rng, largest_target, smallest_context)
 
 
-def measure_mask_statistics(
-    sampler: MultiBlockMaskSampler, num_masks: int, seed: int
-) -> dict:
+def measure_mask_statistics(sampler: MultiBlockMaskSampler, num_masks: int, seed: int) -> dict:
     """Summary of `num_masks` masks drawn one image at a time (sizes drawn per mask)."""
     rng = np.random.default_rng(seed)
     cfg = sampler.config

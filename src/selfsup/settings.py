@@ -36,6 +36,9 @@ HOOKS = (ReportHooks(),)
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # Soft merge: a partial block in conf/local or --params overrides only its keys
+    # instead of replacing the whole block from conf/base.
+    "merge_strategy": {"parameters": "soft"},
     # "config_patterns": {
     #     "spark" : ["spark*/"],
     #     "parameters": ["parameters*", "parameters*/**", "**/parameters*"],

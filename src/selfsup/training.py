@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -70,10 +71,12 @@ def train(
     config: TrainingConfig,
     seed: int,
     description: str = "pretrain",
+    on_epoch_end: Callable[[int, PretrainingMethod], None] | None = None,
 ) -> pd.DataFrame:
     """Pretrain `method` on normalized images (N, C, H, W); returns per-step history.
 
-    Every random choice (shuffling, masks, crops) derives from `seed`.
+    Every random choice (shuffling, masks, crops) derives from `seed`. `on_epoch_end`
+    is called with the finished epoch's index and the method (e.g. to probe it).
     """
     if images.shape[0] < config.batch_size:
         raise ValueError(
@@ -150,6 +153,9 @@ def train(
                 loss=f"{loss_value:.4f}",
                 img_s=f"{step * config.batch_size / elapsed:.0f}",
             )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, method)
+            method.train()
     progress.close()
     method.eval()
     logger.info(

@@ -23,13 +23,11 @@ class ImageSet:
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise ValueError(
-                f"images must be uint8 (N, H, W, C), got {self.images.dtype} "
-                f"{self.images.shape}"
+                f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
             )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(
-                f"labels shape {self.labels.shape} does not match "
-                f"{self.images.shape[0]} images"
+                f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images"
             )
 
 

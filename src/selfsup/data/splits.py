@@ -11,9 +11,7 @@ SPLITS = ("train", "val", "test")
 def stratified_split(labels: np.ndarray, val: float, test: float, seed: int) -> np.ndarray:
     """Split name per sample; class proportions are kept in every split."""
     indices = np.arange(len(labels))
-    rest, test_idx = train_test_split(
-        indices, test_size=test, stratify=labels, random_state=seed
-    )
+    rest, test_idx = train_test_split(indices, test_size=test, stratify=labels, random_state=seed)
     train_idx, val_idx = train_test_split(
         rest,
         test_size=val / (1.0 - test),

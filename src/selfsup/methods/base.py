@@ -28,9 +28,7 @@ class PretrainingMethod(nn.Module, ABC):
     config_class: ClassVar[type[BaseModel]]
 
     @abstractmethod
-    def training_loss(
-        self, images: torch.Tensor, rng: np.random.Generator
-    ) -> torch.Tensor:
+    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Scalar loss for a batch of normalized images (B, C, H, W).
 
         `rng` drives every random choice the method makes (masks, views), so a run is

@@ -16,9 +16,7 @@ from selfsup.models.vit import gather_tokens
 from selfsup.schedules import linear_schedule
 
 
-def prediction_loss(
-    predictions: torch.Tensor, targets: torch.Tensor, kind: str
-) -> torch.Tensor:
+def prediction_loss(predictions: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
     """`l2`: squared error averaged over target patches and feature dimensions (the
     paper's average L2 distance divided by the width); `smooth_l1`: the official code's
     loss (beta 1)."""
@@ -61,6 +59,13 @@ class IJEPA(PretrainingMethod):
         )
         self.sampler = MultiBlockMaskSampler(encoder.grid, masking.multiblock)
 
+    def train(self, mode: bool = True) -> IJEPA:
+        """Targets come from the EMA encoder in eval mode, so stochastic depth and
+        dropout never randomize them."""
+        super().train(mode)
+        self.target_encoder.eval()
+        return self
+
     def masks_to(self, masks: MaskBatch, device: torch.device) -> tuple[torch.Tensor, ...]:
         return tuple(
             torch.from_numpy(array).to(device, non_blocking=True)
@@ -80,9 +85,7 @@ class IJEPA(PretrainingMethod):
         predictions = self.predictor(context, context_idx, context_valid, target_idx)
         return predictions, targets
 
-    def training_loss(
-        self, images: torch.Tensor, rng: np.random.Generator
-    ) -> torch.Tensor:
+    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         masks = self.sampler.sample(images.shape[0], rng)
         predictions, targets = self.forward_with_masks(images, masks)
         return prediction_loss(predictions.float(), targets.float(), self.config.loss)

@@ -32,9 +32,7 @@ class Predictor(nn.Module):
         super().__init__()
         self.embed = nn.Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer(
-            "pos_embed", sincos_positions(grid, embed_dim), persistent=False
-        )
+        self.register_buffer("pos_embed", sincos_positions(grid, embed_dim), persistent=False)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
             for _ in range(depth)

@@ -13,7 +13,9 @@ from selfsup.evaluation import evaluate_features, metrics_table
 logger = logging.getLogger(__name__)
 
 
-def evaluate(features: np.ndarray, samples: pd.DataFrame, evaluation: EvaluationConfig, seed: int) -> dict:
+def evaluate(
+    features: np.ndarray, samples: pd.DataFrame, evaluation: EvaluationConfig, seed: int
+) -> dict:
     return evaluate_features(
         np.asarray(features),
         samples["label"].to_numpy(),

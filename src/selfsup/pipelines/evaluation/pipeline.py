@@ -8,7 +8,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     names = (*PRETRAINED, *BASELINES)
     per_feature_set = [
         Pipeline(
-            [node(evaluate, ["features", "samples", "params:evaluation", "params:seed"], "metrics", name="evaluate")],
+            [
+                node(
+                    evaluate,
+                    ["features", "samples", "params:evaluation", "params:seed"],
+                    "metrics",
+                    name="evaluate",
+                )
+            ],
             namespace=name,
             inputs={"samples"},
             outputs={"metrics": f"{name}_metrics"},

@@ -13,13 +13,21 @@ from selfsup.models.vit import encoder_from_checkpoint
 from selfsup.training import resolve_device
 
 
-def _features_of(encoder: torch.nn.Module, images: np.ndarray, normalization: dict, features: FeatureConfig) -> np.ndarray:
+def _features_of(
+    encoder: torch.nn.Module, images: np.ndarray, normalization: dict, features: FeatureConfig
+) -> np.ndarray:
     encoder.to(resolve_device("auto"))
-    return encoder_features(encoder, to_model_input(images, normalization), features.pooling, features.batch_size)
+    return encoder_features(
+        encoder, to_model_input(images, normalization), features.pooling, features.batch_size
+    )
 
 
-def pretrained_features(encoder: dict, model_input_images: np.ndarray, normalization: dict, features: FeatureConfig) -> np.ndarray:
-    return _features_of(encoder_from_checkpoint(encoder), model_input_images, normalization, features)
+def pretrained_features(
+    encoder: dict, model_input_images: np.ndarray, normalization: dict, features: FeatureConfig
+) -> np.ndarray:
+    return _features_of(
+        encoder_from_checkpoint(encoder), model_input_images, normalization, features
+    )
 
 
 def random_init_features(
@@ -32,7 +40,9 @@ def random_init_features(
 ) -> np.ndarray:
     """The same ViT with the weights every method starts from (same seed), untrained."""
     torch.manual_seed(seed)
-    untrained = build_encoder(encoder, masking.image_size, masking.patch_size, model_input_images.shape[-1])
+    untrained = build_encoder(
+        encoder, masking.image_size, masking.patch_size, model_input_images.shape[-1]
+    )
     return _features_of(untrained, model_input_images, normalization, features)
 
 

@@ -1,7 +1,11 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import PRETRAINED
-from selfsup.pipelines.features.nodes import pretrained_features, random_init_features, raw_pixel_features
+from selfsup.pipelines.features.nodes import (
+    pretrained_features,
+    random_init_features,
+    raw_pixel_features,
+)
 
 SHARED_INPUTS = {"model_input_images", "normalization"}
 
@@ -14,7 +18,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     per_method = [
         _namespaced(
             name,
-            [node(pretrained_features, ["encoder", "model_input_images", "normalization", "params:features"], "features", name="extract_features")],
+            [
+                node(
+                    pretrained_features,
+                    ["encoder", "model_input_images", "normalization", "params:features"],
+                    "features",
+                    name="extract_features",
+                )
+            ],
             {"params:features"},
         )
         for name in PRETRAINED
@@ -22,7 +33,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     baselines = [
         _namespaced(
             "raw_pixels",
-            [node(raw_pixel_features, ["model_input_images", "normalization"], "features", name="extract_features")],
+            [
+                node(
+                    raw_pixel_features,
+                    ["model_input_images", "normalization"],
+                    "features",
+                    name="extract_features",
+                )
+            ],
             set(),
         ),
         _namespaced(
@@ -30,7 +48,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             [
                 node(
                     random_init_features,
-                    ["model_input_images", "normalization", "params:encoder", "params:masking", "params:features", "params:seed"],
+                    [
+                        "model_input_images",
+                        "normalization",
+                        "params:encoder",
+                        "params:masking",
+                        "params:features",
+                        "params:seed",
+                    ],
                     "features",
                     name="extract_features",
                 )

@@ -26,18 +26,27 @@ def ingest_images(ingestion: IngestionConfig, seed: int) -> tuple[np.ndarray, pd
             "split": split,
         }
     )
-    logger.info("ingested %d images of shape %s from %r", *image_set.images.shape[:1], image_set.images.shape[1:], ingestion.source)
+    logger.info(
+        "ingested %d images of shape %s from %r",
+        *image_set.images.shape[:1],
+        image_set.images.shape[1:],
+        ingestion.source,
+    )
     return image_set.images, samples
 
 
 def report_dataset(images: np.ndarray, samples: pd.DataFrame) -> dict:
     """Image shape and counts per class and split."""
-    counts = pd.crosstab(samples["class_name"], samples["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    counts = pd.crosstab(samples["class_name"], samples["split"]).reindex(
+        columns=list(SPLITS), fill_value=0
+    )
     return {
         "num_images": int(images.shape[0]),
         "image_shape": list(images.shape[1:]),
         "dtype": str(images.dtype),
         "num_classes": int(samples["label"].nunique()),
         "split_counts": {split: int((samples["split"] == split).sum()) for split in SPLITS},
-        "class_counts": {name: {s: int(v) for s, v in row.items()} for name, row in counts.iterrows()},
+        "class_counts": {
+            name: {s: int(v) for s, v in row.items()} for name, row in counts.iterrows()
+        },
     }

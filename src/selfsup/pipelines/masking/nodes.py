@@ -42,4 +42,6 @@ def mask_preview(model_input_images: np.ndarray, masking: MaskingConfig, seed: i
     count = min(masking.preview_images, len(model_input_images))
     chosen = rng.choice(len(model_input_images), size=count, replace=False)
     masks = MultiBlockMaskSampler(masking.grid_size, masking.multiblock).sample(count, rng)
-    return plot_mask_preview(model_input_images[chosen], masks, masking.grid_size, masking.patch_size)
+    return plot_mask_preview(
+        model_input_images[chosen], masks, masking.grid_size, masking.patch_size
+    )

@@ -37,7 +37,10 @@ def method_pipeline(namespace: str) -> Pipeline:
         template,
         namespace=namespace,
         inputs=SHARED_INPUTS,
-        parameters={**{p: p for p in SHARED_PARAMETERS}, "params:pretraining": f"params:{namespace}"},
+        parameters={
+            **{p: p for p in SHARED_PARAMETERS},
+            "params:pretraining": f"params:{namespace}",
+        },
     )
 
 

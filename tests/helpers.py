@@ -1,0 +1,62 @@
+"""Tiny configurations and models shared by the tests."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from selfsup.config import EncoderConfig, MaskingConfig, TrainingConfig
+from selfsup.methods import build_method
+
+TINY_ENCODER = EncoderConfig(embed_dim=32, depth=1, num_heads=2)
+TINY_PREDICTOR = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+# 16 / 2 -> an 8x8 grid, the grid the default multi-block parameters are made for.
+TINY_MASKING = MaskingConfig(image_size=16, patch_size=2)
+
+
+def make_ijepa(seed: int = 0, **hyperparameters):
+    """A tiny I-JEPA on 1-channel 16x16 images, initialized from `seed`."""
+    torch.manual_seed(seed)
+    params = {"predictor": TINY_PREDICTOR, **hyperparameters}
+    return build_method("ijepa", params, TINY_ENCODER, TINY_MASKING, in_chans=1)
+
+
+def tiny_training(**overrides) -> TrainingConfig:
+    values = {
+        "device": "cpu",
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_epochs": 1,
+        "lr": 1e-3,
+        "start_lr": 1e-4,
+        "final_lr": 1e-6,
+    }
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def expected_block_dims(scale: float, aspect_ratio: float, grid: int) -> tuple[int, int]:
+    """Block height and width written out from the formula, independently of the code:
+    h = round(sqrt(s * N * a)), w = round(sqrt(s * N / a)), clipped to [1, grid]."""
+    n = grid * grid
+    height = round(math.sqrt(scale * n * aspect_ratio))
+    width = round(math.sqrt(scale * n / aspect_ratio))
+    return min(max(height, 1), grid), min(max(width, 1), grid)
+
+
+def block_dim_bounds(
+    scale: tuple[float, float], aspect_ratio: tuple[float, float], grid: int
+) -> tuple[int, int, int, int]:
+    """(h_min, h_max, w_min, w_max) over the scale and aspect-ratio ranges.
+
+    round(sqrt(.)) and clipping are monotone, so height grows with scale and aspect
+    ratio and width grows with scale and shrinks with aspect ratio: the extremes are at
+    the corners of the ranges.
+    """
+    (s_lo, s_hi), (a_lo, a_hi) = scale, aspect_ratio
+    h_min = expected_block_dims(s_lo, a_lo, grid)[0]
+    h_max = expected_block_dims(s_hi, a_hi, grid)[0]
+    w_min = expected_block_dims(s_lo, a_hi, grid)[1]
+    w_max = expected_block_dims(s_hi, a_lo, grid)[1]
+    return h_min, h_max, w_min, w_max

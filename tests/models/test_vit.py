@@ -1,0 +1,185 @@
+"""ViT encoder over a subset of patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup.config import EncoderConfig
+from selfsup.models import VisionTransformerEncoder, build_encoder
+from selfsup.models.vit import (
+    encoder_checkpoint,
+    encoder_from_checkpoint,
+    gather_tokens,
+    key_padding_mask,
+    sincos_positions,
+)
+
+IMAGE, PATCH, CHANS, DIM = 16, 4, 1, 32  # 4x4 grid, 16 patches
+
+
+def make_encoder(depth: int = 2, seed: int = 0, **kwargs) -> VisionTransformerEncoder:
+    torch.manual_seed(seed)
+    encoder = VisionTransformerEncoder(
+        IMAGE, PATCH, CHANS, embed_dim=DIM, depth=depth, num_heads=2, **kwargs
+    )
+    return encoder.eval()
+
+
+def batch(n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, CHANS, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
+def use_unfused_attention(encoder: torch.nn.Module) -> None:
+    for module in encoder.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+
+
+def test_output_shapes_full_and_subset():
+    encoder = make_encoder()
+    images = batch(3)
+    assert encoder.num_patches == 16
+    assert encoder(images).shape == (3, 16, DIM)
+    indices = torch.tensor([[0, 5, 7, 15, 2], [1, 2, 3, 4, 5], [15, 14, 13, 12, 11]])
+    assert encoder(images, indices).shape == (3, 5, DIM)
+
+
+def test_embed_gathers_positioned_patch_tokens():
+    encoder = make_encoder()
+    images = batch(2)
+    full = encoder.embed(images)
+    indices = torch.tensor([[3, 0, 9], [15, 15, 1]])
+    picked = encoder.embed(images, indices)
+    for b in range(2):
+        for i in range(3):
+            assert torch.equal(picked[b, i], full[b, indices[b, i]])
+
+
+def test_outputs_follow_patch_positions_not_sequence_order():
+    """Positions are added before patches are selected, so permuting the selected
+    indices permutes the outputs and changes nothing else."""
+    encoder = make_encoder()
+    images = batch(2)
+    indices = torch.tensor([[0, 3, 6, 9, 12, 15], [1, 2, 4, 8, 10, 11]])
+    perm = torch.tensor([5, 0, 3, 1, 4, 2])
+    out = encoder(images, indices)
+    out_permuted = encoder(images, indices[:, perm])
+    torch.testing.assert_close(out_permuted, out[:, perm], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("pad_index", [0, 7])
+def test_padding_is_ignored(fused, pad_index):
+    """Valid tokens of a padded batch equal each row encoded alone, unpadded."""
+    encoder = make_encoder(depth=3)
+    if not fused:
+        use_unfused_attention(encoder)
+    images = batch(3)
+    rows = [[0, 1, 2, 5, 6, 9, 10, 14], [3, 7, 11], [4, 8, 12, 13, 15]]
+    longest = max(len(r) for r in rows)
+    indices = torch.full((3, longest), pad_index, dtype=torch.long)
+    valid = torch.zeros(3, longest, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        indices[b, : len(row)] = torch.tensor(row)
+        valid[b, : len(row)] = True
+    with torch.no_grad():
+        padded = encoder(images, indices, valid)
+        for b, row in enumerate(rows):
+            alone = encoder(images[b : b + 1], torch.tensor([row]))
+            torch.testing.assert_close(padded[b, : len(row)], alone[0], atol=1e-5, rtol=0)
+        # Without the mask the padding would leak into the valid tokens.
+        unmasked = encoder(images, indices)
+    assert not torch.allclose(unmasked[1, :3], padded[1, :3], atol=1e-5)
+
+
+def test_positional_embedding_is_a_fixed_buffer():
+    encoder = make_encoder()
+    names = {name for name, _ in encoder.named_parameters()}
+    assert "pos_embed" not in names
+    buffers = dict(encoder.named_buffers())
+    assert "pos_embed" in buffers
+    pos = buffers["pos_embed"]
+    assert not pos.requires_grad
+    assert pos.shape == (1, 16, DIM)
+    torch.testing.assert_close(pos[0], sincos_positions(4, DIM))
+    # Every patch position gets a different embedding, bounded like sin/cos.
+    assert torch.unique(pos[0], dim=0).shape[0] == 16
+    assert pos.abs().max() <= 1.0
+    # Rebuilt from the grid, so not part of the saved weights.
+    assert "pos_embed" not in encoder.state_dict()
+
+
+def test_pos_embed_not_changed_by_an_optimizer_step():
+    encoder = make_encoder()
+    encoder.train()
+    before = encoder.pos_embed.clone()
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=1.0)
+    encoder(batch(2)).square().mean().backward()
+    optimizer.step()
+    assert torch.equal(before, encoder.pos_embed)
+
+
+def test_forward_layers_returns_the_last_blocks_normed():
+    encoder = make_encoder(depth=6)
+    images = batch(2)
+    with torch.no_grad():
+        layers = encoder.forward_layers(images, last=4)
+        assert len(layers) == 4
+        assert all(out.shape == (2, 16, DIM) for out in layers)
+        # Recomputed block by block.
+        x = encoder.patch_embed(images) + encoder.pos_embed
+        expected = []
+        for block in encoder.blocks:
+            x = block(x)
+            expected.append(encoder.norm(x))
+        for got, want in zip(layers, expected[-4:], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(layers[-1], encoder(images), atol=0, rtol=0)
+        assert len(encoder.forward_layers(images, last=1)) == 1
+
+
+def test_gather_tokens_matches_a_loop():
+    tokens = torch.randn(2, 10, 3)
+    indices = torch.tensor([[[0, 9], [4, 4]], [[1, 2], [3, 8]]])
+    picked = gather_tokens(tokens, indices)
+    assert picked.shape == (2, 2, 2, 3)
+    for b in range(2):
+        for m in range(2):
+            for t in range(2):
+                assert torch.equal(picked[b, m, t], tokens[b, indices[b, m, t]])
+
+
+def test_key_padding_mask():
+    assert key_padding_mask(None) is None
+    valid = torch.tensor([[True, False], [True, True]])
+    mask = key_padding_mask(valid)
+    assert mask.shape == (2, 1, 1, 2)
+    assert torch.equal(mask[:, 0, 0], valid)
+
+
+def test_build_encoder_uses_the_config():
+    config = EncoderConfig(embed_dim=24, depth=3, num_heads=3, mlp_ratio=2.0)
+    encoder = build_encoder(config, image_size=12, patch_size=3, in_chans=2)
+    assert encoder.embed_dim == 24
+    assert len(encoder.blocks) == 3
+    assert encoder.grid == 4
+    assert encoder.patch_embed.proj.in_channels == 2
+    assert encoder(torch.zeros(1, 2, 12, 12)).shape == (1, 16, 24)
+
+
+def test_checkpoint_round_trip_reproduces_outputs_exactly():
+    config = EncoderConfig(embed_dim=DIM, depth=2, num_heads=2)
+    torch.manual_seed(3)
+    encoder = build_encoder(config, IMAGE, PATCH, CHANS).eval()
+    with torch.no_grad():
+        for param in encoder.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    checkpoint = encoder_checkpoint(encoder, config, IMAGE, PATCH)
+    assert checkpoint["config"]["in_chans"] == CHANS
+    torch.manual_seed(99)  # a different init must be fully overwritten
+    rebuilt = encoder_from_checkpoint(checkpoint)
+    assert not rebuilt.training
+    images = batch(2)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), encoder(images))

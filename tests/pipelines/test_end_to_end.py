@@ -1,0 +1,288 @@
+"""`kedro run` on a temporary copy of the project, with a tiny configuration.
+
+The copy has the project's conf/base, pyproject.toml, an empty src/ (Kedro requires the
+folder; the package itself is imported from the editable install) and an empty data/
+tree, so the repository's data/ is never touched.
+
+Runtime parameters go in through `kedro run --config run.yml` (`run: params: {...}`),
+which feeds the same runtime-parameter merge as `--params`: `--params` splits its value
+on commas, so it cannot carry the list `evaluation.c_grid=[0.1,1.0]`, and a
+conf/local/parameters.yml cannot be combined with `--params` either, because Kedro's
+default (destructive) merge lets the local environment's top-level keys, which then
+include the partial runtime blocks, replace whole base blocks such as `ijepa`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from selfsup.data.preprocessing import to_model_input
+from selfsup.data.sources import load_source
+from selfsup.evaluation import encoder_features
+from selfsup.models.vit import encoder_from_checkpoint
+from tests.helpers import expected_block_dims
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ("ijepa", "raw_pixels", "random_init")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATA_FOLDERS = (
+    "01_raw",
+    "02_intermediate",
+    "03_primary",
+    "04_feature",
+    "05_model_input",
+    "06_models",
+    "07_model_output",
+    "08_reporting",
+)
+TINY_RUN = {
+    "ijepa": {
+        "training": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32},
+        "hyperparameters": {"predictor": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
+    },
+    "encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+    "masking": {"stats_num_masks": 1000},
+    "evaluation": {"c_grid": [0.1, 1.0], "low_shot": {"draws": 2}},
+}
+
+
+def make_project_copy(dest: Path) -> Path:
+    shutil.copytree(ROOT / "conf" / "base", dest / "conf" / "base")
+    (dest / "conf" / "local").mkdir()
+    shutil.copy2(ROOT / "conf" / "logging.yml", dest / "conf" / "logging.yml")
+    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    (dest / "src").mkdir()
+    for folder in DATA_FOLDERS:
+        (dest / "data" / folder).mkdir(parents=True)
+    return dest
+
+
+def kedro(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DO_NOT_TRACK": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        # Wide enough that rich does not wrap the logged metrics table.
+        "COLUMNS": "250",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def data_files(project: Path, folder: str = "") -> list[Path]:
+    return sorted(p for p in (project / "data" / folder).rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    project = make_project_copy(tmp_path_factory.mktemp("project"))
+    (project / "run.yml").write_text(yaml.safe_dump({"run": {"params": TINY_RUN}}))
+    result = kedro(project, "run", "--config", "run.yml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return project, output
+
+
+@pytest.fixture(scope="module")
+def data(tiny_run) -> Path:
+    return tiny_run[0] / "data"
+
+
+@pytest.fixture(scope="module")
+def samples(data) -> pd.DataFrame:
+    return pd.read_csv(data / "02_intermediate" / "samples.csv")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_every_catalog_output_exists(data):
+    catalog = yaml.safe_load((ROOT / "conf" / "base" / "catalog.yml").read_text())
+    expected = set()
+    for name, entry in catalog.items():
+        if "{method}" in name:
+            expected.add(entry["filepath"].format(method="ijepa"))
+        elif "{name}" in name:
+            expected.update(entry["filepath"].format(name=n) for n in NAMES)
+        else:
+            expected.add(entry["filepath"])
+    root = data.parent
+    missing = sorted(path for path in expected if not (root / path).is_file())
+    assert not missing
+
+
+def test_ingested_images_and_samples(data, samples):
+    images = np.load(data / "02_intermediate" / "images.npy")
+    assert images.shape == (1797, 8, 8, 1)
+    assert images.dtype == np.uint8
+    np.testing.assert_array_equal(images, load_source("digits", {}).images)
+    assert list(samples.columns) == ["index", "label", "class_name", "split"]
+    assert len(samples) == 1797
+    assert set(samples["split"]) == {"train", "val", "test"}
+    assert samples["index"].tolist() == list(range(1797))
+
+
+def test_dataset_report(data, samples):
+    report = read_json(data / "08_reporting" / "dataset_report.json")
+    assert report["num_images"] == 1797
+    assert report["image_shape"] == [8, 8, 1]
+    assert report["num_classes"] == 10
+    assert sum(report["split_counts"].values()) == 1797
+    assert report["split_counts"] == samples["split"].value_counts().to_dict()
+    assert sum(sum(c.values()) for c in report["class_counts"].values()) == 1797
+    # 0.2 / 0.2 stratified split of 1797 images.
+    assert abs(report["split_counts"]["test"] - 0.2 * 1797) <= 1
+    assert abs(report["split_counts"]["val"] - 0.2 * 1797) <= 1
+
+
+def test_model_input_and_train_only_normalization(data, samples):
+    model_input = np.load(data / "05_model_input" / "images.npy")
+    assert model_input.shape == (1797, 32, 32, 1)
+    assert model_input.dtype == np.uint8
+    normalization = read_json(data / "05_model_input" / "normalization.json")
+    assert len(normalization["mean"]) == len(normalization["std"]) == 1
+    assert 0 < normalization["mean"][0] < 1
+    train = model_input[samples["split"].to_numpy() == "train"].astype(np.float64) / 255
+    assert normalization["mean"][0] == pytest.approx(train.mean(), abs=1e-9)
+    assert normalization["std"][0] == pytest.approx(train.std(), abs=1e-9)
+    grid = read_json(data / "05_model_input" / "patch_grid.json")
+    assert grid["grid"] == [8, 8]
+    assert grid["num_patches"] == 64
+
+
+def test_mask_statistics(data):
+    stats = read_json(data / "08_reporting" / "mask_stats.json")
+    masking = yaml.safe_load((ROOT / "conf" / "base" / "parameters_masking.yml").read_text())
+    blocks = masking["masking"]["multiblock"]
+    assert stats["num_masks"] >= 1000
+    assert stats["context_patches_inside_targets"] == 0
+    assert stats["grid"] == [8, 8]
+    # Block areas reachable after rounding to whole patches, over the configured ranges.
+    areas = [
+        np.prod(expected_block_dims(s, a, 8)) / 64
+        for s in np.linspace(*blocks["target_scale"], 41)
+        for a in np.linspace(*blocks["target_aspect_ratio"], 41)
+    ]
+    scale = stats["target_block_scale"]
+    assert min(areas) <= scale["min"] <= scale["mean"] <= scale["max"] <= max(areas)
+    lo, hi = blocks["target_scale"]
+    assert lo - 1 / 16 <= scale["mean"] <= hi + 1 / 16
+
+
+def test_figures_are_png_files(data):
+    for path in (
+        data / "08_reporting" / "mask_preview.png",
+        data / "08_reporting" / "ijepa" / "loss_curve.png",
+    ):
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+
+
+def test_training_history(data, samples):
+    history = pd.read_csv(data / "07_model_output" / "ijepa" / "training_history.csv")
+    assert {"loss", "lr", "momentum", "weight_decay"} <= set(history.columns)
+    num_train = int((samples["split"] == "train").sum())
+    assert len(history) == num_train // 32  # 1 epoch, batch 32
+    assert np.isfinite(history["loss"]).all()
+    assert history["momentum"].iloc[0] == pytest.approx(0.996)
+    assert history["momentum"].iloc[-1] == 1.0
+
+
+def test_encoder_checkpoint_produces_the_saved_features(data):
+    checkpoint = torch.load(data / "06_models" / "ijepa" / "encoder.pt", weights_only=True)
+    assert checkpoint["config"]["encoder"]["embed_dim"] == 32
+    assert checkpoint["config"]["encoder"]["depth"] == 1
+    assert checkpoint["config"]["image_size"] == 32
+    encoder = encoder_from_checkpoint(checkpoint)
+    model_input = np.load(data / "05_model_input" / "images.npy")
+    normalization = read_json(data / "05_model_input" / "normalization.json")
+    features = encoder_features(encoder, to_model_input(model_input, normalization))
+    saved = np.load(data / "04_feature" / "ijepa" / "features.npy")
+    np.testing.assert_allclose(saved, features, atol=1e-4)
+
+
+def test_features(data):
+    shapes = {}
+    for name in NAMES:
+        features = np.load(data / "04_feature" / name / "features.npy")
+        assert features.shape[0] == 1797, name
+        assert np.isfinite(features).all(), name
+        shapes[name] = features.shape[1]
+    assert shapes == {"ijepa": 32, "raw_pixels": 32 * 32, "random_init": 32}
+    model_input = np.load(data / "05_model_input" / "images.npy").astype(np.float64)
+    normalization = read_json(data / "05_model_input" / "normalization.json")
+    expected = (model_input / 255 - normalization["mean"][0]) / normalization["std"][0]
+    raw = np.load(data / "04_feature" / "raw_pixels" / "features.npy")
+    np.testing.assert_allclose(raw, expected.reshape(1797, -1), atol=1e-5)
+
+
+def test_metrics(data):
+    metrics = read_json(data / "08_reporting" / "metrics.json")
+    assert set(metrics) == set(NAMES)
+    for name, m in metrics.items():
+        accuracy = m["linear_probe"]["test_accuracy"]
+        assert 0.5 < accuracy <= 1.0, name  # digits are easy
+        assert m["linear_probe"]["C"] in (0.1, 1.0), name  # the runtime c_grid
+        assert set(m["low_shot"]) == {"1", "5", "10"}, name
+        for shots in m["low_shot"].values():
+            assert 0 <= shots["mean"] <= 1 and shots["std"] >= 0
+        assert 0 <= m["knn"]["test_accuracy"] <= 1, name
+        assert read_json(data / "07_model_output" / name / "metrics.json") == m
+
+
+def test_metrics_table_written_and_logged(tiny_run, data):
+    _, output = tiny_run
+    table = (data / "08_reporting" / "metrics.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == list(NAMES)
+    for row in rows:
+        assert row in output
+
+
+def test_invalid_parameter_fails_before_any_node_runs(tmp_path):
+    project = make_project_copy(tmp_path)
+    result = kedro(project, "run", "--params", "masking.patch_size=5", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "patch_size" in output
+    assert "Running node" not in output
+    assert not data_files(project, "06_models")
+    assert not data_files(project)
+
+
+def test_registry_lists_every_pipeline(tmp_path):
+    project = make_project_copy(tmp_path)
+    result = kedro(project, "registry", "list", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    listed = {
+        line.strip()[2:] for line in result.stdout.splitlines() if line.strip().startswith("- ")
+    }
+    assert listed >= {
+        "ingestion",
+        "masking",
+        "pretraining",
+        "features",
+        "evaluation",
+        "__default__",
+    }

@@ -1,0 +1,85 @@
+"""Pipeline nodes called directly on small inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
+from selfsup.data.preprocessing import to_model_input
+from selfsup.evaluation import encoder_features
+from selfsup.methods import build_method
+from selfsup.pipelines.features.nodes import random_init_features, raw_pixel_features
+from selfsup.pipelines.ingestion.nodes import report_dataset
+from selfsup.pipelines.masking.nodes import compute_normalization, describe_patch_grid
+
+ENCODER = EncoderConfig(embed_dim=16, depth=1, num_heads=2)
+MASKING = MaskingConfig(image_size=16, patch_size=2)
+
+
+@pytest.fixture
+def small_set():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16, 1), dtype=np.uint8)
+    samples = pd.DataFrame(
+        {
+            "index": np.arange(12),
+            "label": np.tile([0, 1, 2], 4),
+            "class_name": [str(v) for v in np.tile([0, 1, 2], 4)],
+            "split": ["train"] * 6 + ["val"] * 3 + ["test"] * 3,
+        }
+    )
+    return images, samples
+
+
+def test_normalization_uses_the_train_split_only(small_set):
+    images, samples = small_set
+    images = images.copy()
+    images[6:] = 255  # val/test images must not move the statistics
+    stats = compute_normalization(images, samples)
+    train = images[:6].astype(np.float64) / 255
+    assert stats["mean"] == [pytest.approx(train.mean())]
+    assert stats["std"] == [pytest.approx(train.std())]
+
+
+def test_report_dataset_counts(small_set):
+    images, samples = small_set
+    report = report_dataset(images, samples)
+    assert report["num_images"] == 12
+    assert report["image_shape"] == [16, 16, 1]
+    assert report["num_classes"] == 3
+    assert report["split_counts"] == {"train": 6, "val": 3, "test": 3}
+    assert report["class_counts"]["0"] == {"train": 2, "val": 1, "test": 1}
+
+
+def test_describe_patch_grid(small_set):
+    images, _ = small_set
+    grid = describe_patch_grid(images, MASKING)
+    assert grid["grid"] == [8, 8]
+    assert grid["num_patches"] == 64
+    assert grid["patch_dim"] == 2 * 2 * 1
+
+
+def test_random_init_baseline_is_the_untrained_pretraining_encoder(small_set):
+    """The baseline has the exact weights pretraining starts from with the same seed."""
+    images, samples = small_set
+    normalization = compute_normalization(images, samples)
+    features = FeatureConfig()
+    baseline = random_init_features(images, normalization, ENCODER, MASKING, features, seed=3)
+    torch.manual_seed(3)
+    method = build_method("ijepa", {}, ENCODER, MASKING, in_chans=1)
+    expected = encoder_features(method.context_encoder, to_model_input(images, normalization))
+    np.testing.assert_array_equal(baseline, expected)
+    other = random_init_features(images, normalization, ENCODER, MASKING, features, seed=4)
+    assert not np.allclose(baseline, other)
+
+
+def test_raw_pixel_features(small_set):
+    images, samples = small_set
+    normalization = compute_normalization(images, samples)
+    raw = raw_pixel_features(images, normalization)
+    assert raw.shape == (12, 16 * 16)
+    expected = (images.reshape(12, -1) / 255 - normalization["mean"][0]) / normalization["std"][0]
+    np.testing.assert_allclose(raw, expected, atol=1e-5)

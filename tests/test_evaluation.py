@@ -1,0 +1,176 @@
+"""Frozen-feature evaluation protocols."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from selfsup.config import EvaluationConfig
+from selfsup.evaluation import (
+    encoder_features,
+    evaluate_features,
+    few_shot_indices,
+    knn_accuracy,
+    metrics_table,
+    select_c_and_score,
+)
+from selfsup.models import VisionTransformerEncoder
+
+NUM_CLASSES, PER_CLASS, DIM = 10, 40, 16
+CONFIG = EvaluationConfig(c_grid=[0.1, 1.0], max_iter=200, low_shot={"draws": 2})
+
+
+def gaussian_clusters(separation: float = 10.0, seed: int = 0):
+    """10 Gaussian clusters; per class 24 train, 8 val, 8 test."""
+    rng = np.random.default_rng(seed)
+    centers = separation * rng.standard_normal((NUM_CLASSES, DIM))
+    labels = np.repeat(np.arange(NUM_CLASSES), PER_CLASS)
+    features = centers[labels] + rng.standard_normal((len(labels), DIM))
+    split = np.array((["train"] * 24 + ["val"] * 8 + ["test"] * 8) * NUM_CLASSES, dtype=object)
+    order = rng.permutation(len(labels))
+    return features[order].astype(np.float32), labels[order], split[order]
+
+
+@pytest.fixture(scope="module")
+def separable_metrics():
+    features, labels, split = gaussian_clusters()
+    return evaluate_features(features, labels, split, CONFIG, seed=0)
+
+
+def test_separable_features_score_near_perfect(separable_metrics):
+    assert separable_metrics["linear_probe"]["test_accuracy"] >= 0.98
+    assert separable_metrics["knn"]["test_accuracy"] >= 0.98
+
+
+def test_evaluate_features_output_structure(separable_metrics):
+    m = separable_metrics
+    assert set(m) >= {"linear_probe", "low_shot", "knn"}
+    assert set(m["linear_probe"]) >= {"test_accuracy", "C"}
+    assert m["linear_probe"]["C"] in CONFIG.c_grid
+    assert set(m["low_shot"]) == {"1", "5", "10"}
+    for shots in ("1", "5", "10"):
+        assert set(m["low_shot"][shots]) == {"mean", "std"}
+        assert 0.0 <= m["low_shot"][shots]["mean"] <= 1.0
+        assert m["low_shot"][shots]["std"] >= 0.0
+    assert set(m["knn"]) == {"test_accuracy"}
+    assert m["feature_dim"] == DIM
+
+
+def test_uninformative_features_score_near_chance():
+    rng = np.random.default_rng(1)
+    features, _, split = gaussian_clusters()
+    noise = rng.standard_normal(features.shape).astype(np.float32)
+    labels = rng.integers(0, NUM_CLASSES, len(noise))
+    # Every class needs 10 train samples for the 10-shot protocol.
+    config = EvaluationConfig(c_grid=[0.1, 1.0], max_iter=200, low_shot={"shots": [1], "draws": 2})
+    m = evaluate_features(noise, labels, split, config, seed=0)
+    assert m["linear_probe"]["test_accuracy"] < 0.35
+    assert m["knn"]["test_accuracy"] < 0.35
+
+
+def test_evaluate_features_is_deterministic(separable_metrics):
+    features, labels, split = gaussian_clusters()
+    assert evaluate_features(features, labels, split, CONFIG, seed=0) == separable_metrics
+
+
+def test_select_c_and_score_matches_independent_fits():
+    features, labels, split = gaussian_clusters(separation=0.6, seed=2)
+    part = {s: (features[split == s], labels[split == s]) for s in ("train", "val", "test")}
+    config = EvaluationConfig(c_grid=[0.001, 0.1, 10.0], max_iter=500)
+    result = select_c_and_score(part["train"], part["val"], part["test"], config)
+    fits = {c: LogisticRegression(C=c, max_iter=500).fit(*part["train"]) for c in config.c_grid}
+    val_scores = {c: model.score(*part["val"]) for c, model in fits.items()}
+    best_c = max(config.c_grid, key=lambda c: (val_scores[c], -config.c_grid.index(c)))
+    assert result["C"] == best_c
+    assert result["val_accuracy"] == pytest.approx(val_scores[best_c])
+    assert result["test_accuracy"] == pytest.approx(fits[best_c].score(*part["test"]))
+
+
+@pytest.mark.parametrize("shots", [1, 5, 10])
+def test_few_shot_indices_gives_k_per_class(shots):
+    labels = np.repeat(np.arange(10), 12)
+    np.random.default_rng(0).shuffle(labels)
+    chosen = few_shot_indices(labels, shots, np.random.default_rng(3))
+    assert len(chosen) == 10 * shots
+    assert len(np.unique(chosen)) == len(chosen)
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert (counts == shots).all()
+    again = few_shot_indices(labels, shots, np.random.default_rng(3))
+    assert np.array_equal(chosen, again)
+
+
+def test_few_shot_indices_raises_when_a_class_is_too_small():
+    labels = np.array([0, 0, 0, 1])
+    with pytest.raises(ValueError, match="shots=2"):
+        few_shot_indices(labels, 2, np.random.default_rng(0))
+
+
+def test_knn_accuracy_with_k1_is_nearest_cosine_neighbour():
+    rng = np.random.default_rng(4)
+    train_x, test_x = rng.standard_normal((50, 5)), rng.standard_normal((30, 5))
+    train_y, test_y = rng.integers(0, 3, 50), rng.integers(0, 3, 30)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    nearest = (unit(test_x) @ unit(train_x).T).argmax(axis=1)
+    expected = float((train_y[nearest] == test_y).mean())
+    assert knn_accuracy((train_x, train_y), (test_x, test_y), k=1) == pytest.approx(expected)
+
+
+def test_knn_k_larger_than_train_set_is_clamped():
+    x = np.eye(3)
+    y = np.array([0, 1, 1])
+    assert knn_accuracy((x, y), (x, y), k=50) == pytest.approx(2 / 3)
+
+
+def test_encoder_features_pool_tokens():
+    torch.manual_seed(0)
+    encoder = VisionTransformerEncoder(8, 2, 1, embed_dim=8, depth=4, num_heads=2)
+    images = torch.randn(7, 1, 8, 8)
+    last = encoder_features(encoder, images, "last", batch_size=3)
+    last4 = encoder_features(encoder, images, "last4", batch_size=256)
+    assert last.dtype == np.float32
+    assert last.shape == (7, 8)
+    assert last4.shape == (7, 32)
+    with torch.no_grad():
+        expected_last = encoder(images).mean(dim=1).numpy()
+        layers = encoder.forward_layers(images, last=4)
+    expected_last4 = np.concatenate([out.mean(dim=1).numpy() for out in layers], axis=1)
+    np.testing.assert_allclose(last, expected_last, atol=1e-6)
+    np.testing.assert_allclose(last4, expected_last4, atol=1e-6)
+    np.testing.assert_allclose(last4[:, -8:], last, atol=1e-6)
+
+
+def test_metrics_table_has_one_row_per_name(separable_metrics):
+    other = {
+        "linear_probe": {"test_accuracy": 0.5, "val_accuracy": 0.5, "C": 0.1},
+        "low_shot": {
+            "1": {"mean": 0.25, "std": 0.05},
+            "5": {"mean": 0.3, "std": 0.0},
+            "10": {"mean": 0.4, "std": 0.1},
+        },
+        "knn": {"test_accuracy": 0.125},
+        "feature_dim": 1024,
+    }
+    metrics = {"ijepa": separable_metrics, "raw_pixels": other, "random_init": other}
+    table = metrics_table(metrics)
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + len(metrics)
+    assert lines[0].split("|")[1].strip() == "features"
+    rows = lines[2:]
+    assert [row.split("|")[1].strip() for row in rows] == list(metrics)
+    cells = [c.strip() for c in rows[1].split("|")[1:-1]]
+    assert cells == [
+        "raw_pixels",
+        "50.0",
+        "25.0 ± 5.0",
+        "30.0 ± 0.0",
+        "40.0 ± 10.0",
+        "12.5",
+        "0.1",
+        "1024",
+    ]
+    assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)

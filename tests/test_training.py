@@ -1,0 +1,226 @@
+"""The shared training loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.training import (
+    NonFiniteLossError,
+    parameter_groups,
+    random_resized_crops,
+    resolve_device,
+    train,
+)
+from tests.helpers import make_ijepa, tiny_training
+
+HISTORY_COLUMNS = {"step", "epoch", "loss", "lr", "weight_decay", "momentum"}
+
+
+def run(images, seed=0, init_seed=0, **training):
+    method = make_ijepa(seed=init_seed)
+    config = tiny_training(**training)
+    history = train(method, images, config, seed=seed)
+    return method, config, history
+
+
+@pytest.fixture(scope="module")
+def module_images() -> torch.Tensor:
+    return torch.randn(48, 1, 16, 16, generator=torch.Generator().manual_seed(123))
+
+
+@pytest.fixture(scope="module")
+def first_run(module_images):
+    return run(module_images)
+
+
+def test_history_columns_and_length(first_run, module_images):
+    _, config, history = first_run
+    assert HISTORY_COLUMNS <= set(history.columns)
+    steps_per_epoch = len(module_images) // config.batch_size
+    assert len(history) == config.epochs * steps_per_epoch == 6
+    assert history["step"].tolist() == list(range(6))
+    assert history["epoch"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert np.isfinite(history["loss"]).all()
+    assert (history["loss"] > 0).all()
+
+
+def test_history_schedules(first_run):
+    """warmup_epochs=1 of 3 steps: lr rises start_lr -> lr, then cosine to final_lr;
+    weight decay 0.04 -> 0.4; momentum 0.996 -> 1.0."""
+    _, config, history = first_run
+    lr = history["lr"].tolist()
+    assert lr[0] == pytest.approx(config.start_lr)
+    assert lr[3] == pytest.approx(config.lr)
+    assert lr[-1] == pytest.approx(config.final_lr)
+    assert lr[1] == pytest.approx(config.start_lr + (config.lr - config.start_lr) / 3)
+    decay = history["weight_decay"].tolist()
+    assert decay[0] == pytest.approx(config.weight_decay[0])
+    assert decay[-1] == pytest.approx(config.weight_decay[1])
+    assert decay == sorted(decay)
+    momentum = history["momentum"].tolist()
+    assert momentum[0] == pytest.approx(0.996)
+    assert momentum[-1] == 1.0
+
+
+def test_method_is_left_in_eval_mode(first_run):
+    method, _, _ = first_run
+    assert not method.training
+    assert not any(m.training for m in method.modules())
+
+
+def test_same_seed_same_history_and_weights(first_run, module_images):
+    method, _, history = first_run
+    method_again, _, history_again = run(module_images)
+    assert history["loss"].tolist() == history_again["loss"].tolist()
+    state, state_again = method.state_dict(), method_again.state_dict()
+    assert state.keys() == state_again.keys()
+    for name in state:
+        assert torch.equal(state[name], state_again[name]), name
+
+
+def test_different_seed_different_history(first_run, module_images):
+    _, _, history = first_run
+    _, _, other = run(module_images, seed=1)
+    assert history["loss"].tolist() != other["loss"].tolist()
+
+
+def test_training_changes_the_weights(first_run):
+    method, _, _ = first_run
+    fresh = make_ijepa(seed=0)
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(
+            fresh.context_encoder.parameters(), method.context_encoder.parameters(), strict=True
+        )
+    ]
+    assert all(changed)
+
+
+def test_crops_and_grad_clip_run(module_images):
+    _, _, history = run(
+        module_images[:32], epochs=1, warmup_epochs=0, crop_scale=(0.5, 1.0), grad_clip=1.0
+    )
+    assert len(history) == 2
+    assert np.isfinite(history["loss"]).all()
+
+
+def test_non_finite_loss_raises_naming_the_step(module_images, monkeypatch):
+    method = make_ijepa()
+    real_loss = method.training_loss
+    calls = []
+
+    def nan_on_third_step(batch, rng):
+        calls.append(1)
+        if len(calls) == 3:
+            return torch.tensor(float("nan"), requires_grad=True)
+        return real_loss(batch, rng)
+
+    monkeypatch.setattr(method, "training_loss", nan_on_third_step)
+    with pytest.raises(NonFiniteLossError, match="at step 2 ") as caught:
+        train(method, module_images, tiny_training(), seed=0)
+    assert "nan" in str(caught.value)
+    assert isinstance(caught.value, FloatingPointError)
+
+
+def test_infinite_loss_raises(module_images, monkeypatch):
+    method = make_ijepa()
+    monkeypatch.setattr(
+        method, "training_loss", lambda batch, rng: torch.tensor(math.inf, requires_grad=True)
+    )
+    with pytest.raises(NonFiniteLossError, match="at step 0 "):
+        train(method, module_images, tiny_training(), seed=0)
+
+
+def test_batch_larger_than_data_raises(module_images):
+    method = make_ijepa()
+    with pytest.raises(ValueError, match="batch_size=64"):
+        train(method, module_images, tiny_training(batch_size=64), seed=0)
+
+
+def test_parameter_groups_keep_biases_and_1d_params_out_of_decay():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    module.register_parameter("scale", torch.nn.Parameter(torch.ones(5)))
+    module.register_parameter("frozen", torch.nn.Parameter(torch.ones(2, 2), requires_grad=False))
+    decay, no_decay = parameter_groups(module)
+    assert decay["apply_weight_decay"] and not no_decay["apply_weight_decay"]
+    assert no_decay["weight_decay"] == 0.0
+    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    assert ids(decay["params"]) == {id(module[0].weight)}
+    assert ids(no_decay["params"]) == {
+        id(module[0].bias),
+        id(module[1].weight),
+        id(module[1].bias),
+        id(module.scale),
+    }
+
+
+def test_parameter_groups_of_ijepa():
+    method = make_ijepa()
+    decay, no_decay = parameter_groups(method)
+    grouped = [id(p) for p in decay["params"] + no_decay["params"]]
+    trainable = [id(p) for p in method.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert not {id(p) for p in method.target_encoder.parameters()} & set(grouped)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    biases = {
+        id(p) for n, p in method.named_parameters() if n.endswith(".bias") and p.requires_grad
+    }
+    assert biases
+    assert biases <= {id(p) for p in no_decay["params"]}
+    assert all(p.ndim <= 1 or id(p) in biases for p in no_decay["params"])
+
+
+def test_weight_decay_is_applied_to_matrices_only(module_images):
+    """With zero gradients AdamW only decays: each step multiplies decayed weights by
+    (1 - lr * weight_decay) and leaves biases and LayerNorm weights alone."""
+    method = make_ijepa()
+    encoder = method.context_encoder
+    bias_before = encoder.norm.bias.detach().clone()
+    norm_before = encoder.norm.weight.detach().clone()
+    weight_before = encoder.blocks[0].attn.qkv.weight.detach().clone()
+
+    def zero_loss(batch, rng):
+        return sum((p * 0).sum() for p in method.parameters() if p.requires_grad)
+
+    method.training_loss = zero_loss
+    config = tiny_training(epochs=1, warmup_epochs=0, lr=0.1, weight_decay=(0.5, 0.2))
+    history = train(method, module_images[:32], config, seed=0)
+    assert len(history) == 2
+    shrink = float(np.prod(1 - history["lr"] * history["weight_decay"]))
+    assert shrink < 0.99
+    assert torch.equal(encoder.norm.bias, bias_before)
+    assert torch.equal(encoder.norm.weight, norm_before)
+    torch.testing.assert_close(
+        encoder.blocks[0].attn.qkv.weight.detach(), weight_before * shrink, atol=1e-7, rtol=1e-6
+    )
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="training.device=cuda"):
+            resolve_device("cuda")
+
+
+def test_random_resized_crops_are_per_image_and_seeded():
+    image = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = image.repeat(6, 1, 1, 1)
+    crops = random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
+    again = random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
+    assert crops.shape == images.shape
+    assert torch.equal(crops, again)
+    # Identical inputs, different crops: one crop per image, not one per call.
+    assert len({tuple(c.flatten().tolist()) for c in crops}) == 6
+    assert not torch.equal(crops[0], image[0])
+    # The global torch RNG is left alone.
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
+    assert torch.equal(torch.rand(1), expected_next)
