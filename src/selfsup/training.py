@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 
@@ -100,7 +101,13 @@ def train(
 
     history: list[dict] = []
     method.train()
-    progress = tqdm(total=total_steps, desc=description, unit="step", leave=True)
+    # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
+    progress = tqdm(
+        total=total_steps,
+        desc=description,
+        unit="step",
+        mininterval=0.5 if sys.stderr.isatty() else 15.0,
+    )
     start = time.perf_counter()
     step = 0
     for epoch in range(config.epochs):
