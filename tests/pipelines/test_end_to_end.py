@@ -205,8 +205,12 @@ def test_training_history(data, samples):
     num_train = int((samples["split"] == "train").sum())
     assert len(history) == num_train // 32  # 1 epoch, batch 32
     assert np.isfinite(history["loss"]).all()
-    assert history["momentum"].iloc[0] == pytest.approx(0.996)
-    assert history["momentum"].iloc[-1] == 1.0
+    pretraining = yaml.safe_load(
+        (ROOT / "conf" / "base" / "parameters_pretraining.yml").read_text()
+    )
+    start, end = pretraining["ijepa"]["hyperparameters"]["ema_momentum"]
+    assert history["momentum"].iloc[0] == pytest.approx(start)
+    assert history["momentum"].iloc[-1] == pytest.approx(end)
 
 
 def test_encoder_checkpoint_produces_the_saved_features(data):
