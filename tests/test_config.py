@@ -102,7 +102,7 @@ INVALID = {
         ["ingestion.source", "imagenet", "digits"],
     ),
     "splits leave no train": (SplitConfig, {"val": 0.5, "test": 0.5}, ["split.val"]),
-    "unknown method": (PretrainingConfig, {"method": "mae"}, ["method", "mae", "ijepa"]),
+    "unknown method": (PretrainingConfig, {"method": "byol"}, ["method", "byol", "ijepa"]),
     "bad ijepa loss": (
         PretrainingConfig,
         {"method": "ijepa", "hyperparameters": {"loss": "cosine"}},

@@ -45,6 +45,15 @@ def check_range(
     return value
 
 
+def check_width(prefix: str, embed_dim: int, num_heads: int) -> None:
+    """Attention heads must split the width, and 2-D sin-cos positions need a multiple of 4."""
+    if embed_dim % num_heads or embed_dim % 4:
+        raise ValueError(
+            f"{prefix}.embed_dim={embed_dim} must be divisible by "
+            f"{prefix}.num_heads={num_heads} and by 4"
+        )
+
+
 class SplitConfig(StrictModel):
     """Fractions of the labelled set held out for validation and test (stratified)."""
 
@@ -182,11 +191,7 @@ class PredictorConfig(StrictModel):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PredictorConfig:
-        if self.embed_dim % self.num_heads or self.embed_dim % 4:
-            raise ValueError(
-                f"predictor.embed_dim={self.embed_dim} must be divisible by "
-                f"predictor.num_heads={self.num_heads} and by 4"
-            )
+        check_width("predictor", self.embed_dim, self.num_heads)
         return self
 
 
@@ -245,6 +250,27 @@ class IJEPAConfig(StrictModel):
     @classmethod
     def _momentum_in_unit_interval(cls, value: FloatRange) -> FloatRange:
         return check_range("hyperparameters.ema_momentum", value, 0.0, 1.0)
+
+
+class DecoderConfig(StrictModel):
+    """The light MAE decoder (paper: width 512, depth 8, 16 heads for ViT-L)."""
+
+    embed_dim: int = Field(64, ge=4)
+    depth: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> DecoderConfig:
+        check_width("decoder", self.embed_dim, self.num_heads)
+        return self
+
+
+class MAEConfig(StrictModel):
+    """Method-specific MAE parameters; the paper's defaults."""
+
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    norm_pix_loss: bool = True
+    decoder: DecoderConfig = DecoderConfig()
 
 
 class PretrainingConfig(StrictModel):

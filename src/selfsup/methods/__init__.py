@@ -5,9 +5,10 @@ from __future__ import annotations
 from selfsup.config import EncoderConfig, MaskingConfig
 from selfsup.methods.base import PretrainingMethod
 from selfsup.methods.ijepa import IJEPA
+from selfsup.methods.mae import MAE
 from selfsup.models import build_encoder
 
-METHODS: dict[str, type[PretrainingMethod]] = {IJEPA.name: IJEPA}
+METHODS: dict[str, type[PretrainingMethod]] = {method.name: method for method in (IJEPA, MAE)}
 
 
 def build_method(

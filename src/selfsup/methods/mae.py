@@ -1,0 +1,140 @@
+"""MAE (He et al., 2021): reconstruct the pixels of heavily masked patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from selfsup.config import MAEConfig, MaskingConfig
+from selfsup.methods.base import PretrainingMethod
+from selfsup.models import VisionTransformerEncoder
+from selfsup.models.vit import LayerNorm, gather_tokens, init_weights, sincos_positions
+
+
+def random_masking(
+    batch: int, num_patches: int, mask_ratio: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle patch indices by random noise and keep the first int(N * (1 - r)).
+
+    Returns the kept indices (B, K), in shuffled order, and `restore` (B, N), the inverse
+    permutation: position j of the original order sits at index restore[:, j] of the
+    shuffled order.
+    """
+    keep = int(num_patches * (1.0 - mask_ratio))
+    noise = torch.from_numpy(rng.random((batch, num_patches)))
+    shuffle = torch.argsort(noise, dim=1)
+    restore = torch.argsort(shuffle, dim=1)
+    return shuffle[:, :keep], restore
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, patch_size**2 * C), patches row-major like `PatchEmbed`."""
+    b, c, h, w = images.shape
+    gh, gw = h // patch_size, w // patch_size
+    x = images.reshape(b, c, gh, patch_size, gw, patch_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, patch_size * patch_size * c)
+
+
+def masked_patch_loss(
+    predictions: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error per patch, averaged over masked patches only (masked: (B, N) 0/1)."""
+    per_patch = ((predictions - targets) ** 2).mean(dim=-1)
+    return (per_patch * masked).sum() / masked.sum()
+
+
+class MAEDecoder(nn.Module):
+    """Light decoder: visible tokens plus a shared mask token per hidden patch, unshuffled,
+    with the decoder's own fixed positions; predicts each patch's pixels."""
+
+    def __init__(
+        self,
+        grid: int,
+        encoder_dim: int,
+        patch_dim: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", sincos_positions(grid, embed_dim)[None], persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, 4.0, qkv_bias=True, norm_layer=LayerNorm)
+            for _ in range(depth)
+        )
+        self.norm = LayerNorm(embed_dim)
+        self.predict = nn.Linear(embed_dim, patch_dim)
+        self.apply(init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def unshuffle(self, visible: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+        """visible (B, K, D) in shuffled order -> (B, N, D) in the original patch order,
+        with the mask token at every hidden patch."""
+        b, k, d = visible.shape
+        hidden = self.mask_token.expand(b, restore.shape[1] - k, d)
+        shuffled = torch.cat([visible, hidden], dim=1)
+        return gather_tokens(shuffled, restore)
+
+    def forward(self, visible: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+        x = self.unshuffle(self.embed(visible), restore) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.predict(self.norm(x))
+
+
+class MAE(PretrainingMethod):
+    name = "mae"
+    config_class = MAEConfig
+
+    def __init__(
+        self, config: MAEConfig, encoder: VisionTransformerEncoder, masking: MaskingConfig
+    ) -> None:
+        super().__init__()
+        if int(encoder.num_patches * (1.0 - config.mask_ratio)) < 1:
+            raise ValueError(
+                f"mae mask_ratio={config.mask_ratio} leaves no visible patch of "
+                f"{encoder.num_patches}; lower it"
+            )
+        self.config = config
+        self.encoder = encoder
+        self.patch_size = masking.patch_size
+        in_chans = encoder.patch_embed.proj.in_channels
+        self.decoder = MAEDecoder(
+            grid=encoder.grid,
+            encoder_dim=encoder.embed_dim,
+            patch_dim=masking.patch_size**2 * in_chans,
+            embed_dim=config.decoder.embed_dim,
+            depth=config.decoder.depth,
+            num_heads=config.decoder.num_heads,
+        )
+
+    def reconstruct(
+        self, images: torch.Tensor, kept: torch.Tensor, restore: torch.Tensor
+    ) -> torch.Tensor:
+        """Pixel predictions (B, N, patch_dim) for every patch, original order."""
+        visible = self.encoder(images, kept.to(images.device))
+        return self.decoder(visible, restore.to(images.device))
+
+    def pixel_targets(self, images: torch.Tensor) -> torch.Tensor:
+        targets = patchify(images, self.patch_size)
+        if self.config.norm_pix_loss:
+            mean = targets.mean(dim=-1, keepdim=True)
+            var = targets.var(dim=-1, keepdim=True)
+            targets = (targets - mean) / (var + 1e-6) ** 0.5
+        return targets
+
+    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        kept, restore = random_masking(
+            images.shape[0], self.encoder.num_patches, self.config.mask_ratio, rng
+        )
+        predictions = self.reconstruct(images, kept, restore)
+        masked = torch.ones_like(restore, dtype=predictions.dtype)
+        masked.scatter_(1, kept.to(masked.device), 0.0)
+        return masked_patch_loss(predictions.float(), self.pixel_targets(images).float(), masked)
+
+    def evaluation_encoder(self) -> VisionTransformerEncoder:
+        return self.encoder
