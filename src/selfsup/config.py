@@ -168,16 +168,7 @@ class EncoderConfig(StrictModel):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> EncoderConfig:
-        if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"encoder.embed_dim={self.embed_dim} must be divisible by "
-                f"encoder.num_heads={self.num_heads}"
-            )
-        if self.embed_dim % 4:
-            raise ValueError(
-                f"encoder.embed_dim={self.embed_dim} must be divisible by 4 "
-                "(2-D sin-cos positional embedding)"
-            )
+        check_width("encoder", self.embed_dim, self.num_heads)
         return self
 
 
