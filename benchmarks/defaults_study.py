@@ -1,7 +1,7 @@
 """Compare I-JEPA settings through the real pipelines, full evaluation protocol.
 
-Each variant is `kedro run --pipelines pretraining,features,evaluation --params ...`
-in its own temporary copy of the project (ingestion and masking run once first), so
+Each variant is `kedro run --pipelines pretraining,features,evaluation --namespaces
+ijepa,random_init` with its parameters, in its own temporary copy of the project (ingestion and masking run once first), so
 variants can run side by side; each uses one thread. Prints one markdown row per
 variant with I-JEPA's and random init's test accuracy (%).
 
@@ -123,8 +123,21 @@ def main() -> None:
         def one(item: tuple[str, dict]) -> str:
             name, overrides = item
             cwd = project_copy(base, name, data_from=prep / "data")
-            run_kedro(cwd, ["--pipelines", "pretraining,features,evaluation"], overrides)
-            return row(name, json.loads((cwd / "data/08_reporting/metrics.json").read_text()))
+            run_kedro(
+                cwd,
+                [
+                    "--pipelines",
+                    "pretraining,features,evaluation",
+                    "--namespaces",
+                    "ijepa,random_init",
+                ],
+                overrides,
+            )
+            metrics = {
+                key: json.loads((cwd / f"data/07_model_output/{key}/metrics.json").read_text())
+                for key in ("ijepa", "random_init")
+            }
+            return row(name, metrics)
 
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one, chosen.items()))

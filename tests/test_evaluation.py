@@ -13,7 +13,6 @@ from selfsup.evaluation import (
     evaluate_features,
     few_shot_indices,
     knn_accuracy,
-    metrics_table,
     select_c_and_score,
 )
 from selfsup.models import VisionTransformerEncoder
@@ -142,35 +141,3 @@ def test_encoder_features_pool_tokens():
     np.testing.assert_allclose(last, expected_last, atol=1e-6)
     np.testing.assert_allclose(last4, expected_last4, atol=1e-6)
     np.testing.assert_allclose(last4[:, -8:], last, atol=1e-6)
-
-
-def test_metrics_table_has_one_row_per_name(separable_metrics):
-    other = {
-        "linear_probe": {"test_accuracy": 0.5, "val_accuracy": 0.5, "C": 0.1},
-        "low_shot": {
-            "1": {"mean": 0.25, "std": 0.05},
-            "5": {"mean": 0.3, "std": 0.0},
-            "10": {"mean": 0.4, "std": 0.1},
-        },
-        "knn": {"test_accuracy": 0.125},
-        "feature_dim": 1024,
-    }
-    metrics = {"ijepa": separable_metrics, "raw_pixels": other, "random_init": other}
-    table = metrics_table(metrics)
-    lines = table.strip().splitlines()
-    assert len(lines) == 2 + len(metrics)
-    assert lines[0].split("|")[1].strip() == "features"
-    rows = lines[2:]
-    assert [row.split("|")[1].strip() for row in rows] == list(metrics)
-    cells = [c.strip() for c in rows[1].split("|")[1:-1]]
-    assert cells == [
-        "raw_pixels",
-        "50.0",
-        "25.0 ± 5.0",
-        "30.0 ± 0.0",
-        "40.0 ± 10.0",
-        "12.5",
-        "0.1",
-        "1024",
-    ]
-    assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)

@@ -118,24 +118,3 @@ def evaluate_features(
         "knn": {"test_accuracy": knn_accuracy(part["train"], part["test"], config.knn_k)},
         "feature_dim": int(features.shape[1]),
     }
-
-
-def metrics_table(metrics: dict[str, dict]) -> str:
-    """Markdown table, one row per feature set."""
-    shots = sorted({int(k) for m in metrics.values() for k in m["low_shot"]})
-    header = ["features", "linear probe", *[f"{k}-shot" for k in shots], "kNN", "C", "dim"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in metrics.items():
-        cells = [
-            name,
-            f"{100 * m['linear_probe']['test_accuracy']:.1f}",
-            *[
-                f"{100 * m['low_shot'][str(k)]['mean']:.1f} ± {100 * m['low_shot'][str(k)]['std']:.1f}"
-                for k in shots
-            ],
-            f"{100 * m['knn']['test_accuracy']:.1f}",
-            f"{m['linear_probe']['C']:g}",
-            str(m.get("feature_dim", "")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

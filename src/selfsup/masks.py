@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from selfsup.config import MultiBlockConfig
+from selfsup.config import BlockMaskConfig, MaskingConfig, MultiBlockConfig, RandomMaskConfig
 
 
 class MaskSamplingError(ValueError):
@@ -51,6 +52,42 @@ def block_shape(scale: float, aspect_ratio: float, grid: int) -> BlockShape:
     return BlockShape(min(max(height, 1), grid), min(max(width, 1), grid))
 
 
+def draw_block_shape(
+    rng: np.random.Generator, scale: tuple, aspect_ratio: tuple, grid: int
+) -> BlockShape:
+    """Scale and aspect ratio drawn independently and uniformly from their ranges."""
+    return block_shape(rng.uniform(*scale), rng.uniform(*aspect_ratio), grid)
+
+
+def place_block(rng: np.random.Generator, shape: BlockShape, grid: int) -> np.ndarray:
+    """Boolean (grid, grid) mask of one block at a uniformly random position."""
+    top = rng.integers(0, grid - shape.height + 1)
+    left = rng.integers(0, grid - shape.width + 1)
+    mask = np.zeros((grid, grid), dtype=bool)
+    mask[top : top + shape.height, left : left + shape.width] = True
+    return mask
+
+
+def extreme_block(scale: float, aspect_ratio: tuple, grid: int, pick=max) -> BlockShape:
+    """The largest (`pick=max`) or smallest area shape of `scale` over the aspect-ratio
+    range, exactly.
+
+    Rounding makes area non-monotone in aspect ratio, but height and width only change
+    where sqrt(scale * N * a) or sqrt(scale * N / a) crosses a half-integer, so the
+    shape is constant between those breakpoints: checking the range's ends, every
+    breakpoint inside it and one aspect ratio between each pair covers every shape.
+    """
+    low, high = aspect_ratio
+    patches = scale * grid * grid
+    halves = (np.arange(grid + 1) + 0.5) ** 2
+    breakpoints = np.concatenate([halves / patches, patches / halves])
+    inside = np.sort(breakpoints[(breakpoints > low) & (breakpoints < high)])
+    edges = np.concatenate([[low], inside, [high]])
+    candidates = np.concatenate([edges, (edges[:-1] + edges[1:]) / 2])
+    shapes = [block_shape(scale, a, grid) for a in candidates]
+    return pick(shapes, key=lambda shape: shape.area)
+
+
 class MultiBlockMaskSampler:
     """I-JEPA multi-block masks: M target blocks and one context block minus targets.
 
@@ -74,6 +111,8 @@ class MultiBlockMaskSampler:
       the top-left of the image.
     """
 
+    strategy = "multiblock"
+
     def __init__(self, grid: int, config: MultiBlockConfig) -> None:
         self.grid = grid
         self.config = config
@@ -83,15 +122,10 @@ class MultiBlockMaskSampler:
         return self.grid * self.grid
 
     def draw_shape(self, rng: np.random.Generator, scale: tuple, aspect_ratio: tuple) -> BlockShape:
-        return block_shape(rng.uniform(*scale), rng.uniform(*aspect_ratio), self.grid)
+        return draw_block_shape(rng, scale, aspect_ratio, self.grid)
 
     def _place(self, rng: np.random.Generator, shape: BlockShape) -> np.ndarray:
-        """Boolean (grid, grid) mask of one block at a uniformly random position."""
-        top = rng.integers(0, self.grid - shape.height + 1)
-        left = rng.integers(0, self.grid - shape.width + 1)
-        mask = np.zeros((self.grid, self.grid), dtype=bool)
-        mask[top : top + shape.height, left : left + shape.width] = True
-        return mask
+        return place_block(rng, shape, self.grid)
 
     def sample_one(
         self,
@@ -152,25 +186,207 @@ class MultiBlockMaskSampler:
         """
         cfg = self.config
 
-        def extreme(scale: tuple, aspect: tuple, pick) -> BlockShape:
-            # Rounding makes area non-monotone in aspect ratio: scan the range.
-            shapes = [block_shape(scale, a, self.grid) for a in np.linspace(*aspect, 33)]
-            return pick(shapes, key=lambda shape: shape.area)
-
-        largest_target = extreme(cfg.target_scale[1], cfg.target_aspect_ratio, max)
-        smallest_context = extreme(cfg.context_scale[0], cfg.context_aspect_ratio, min)
+        largest_target = extreme_block(cfg.target_scale[1], cfg.target_aspect_ratio, self.grid)
+        smallest_context = extreme_block(
+            cfg.context_scale[0], cfg.context_aspect_ratio, self.grid, min
+        )
         rng = np.random.default_rng(seed)
         for _ in range(num_masks):
             self.sample_one(rng, largest_target, smallest_context)
 
 
-def measure_mask_statistics(sampler: MultiBlockMaskSampler, num_masks: int, seed: int) -> dict:
-    """Summary of `num_masks` masks drawn one image at a time (sizes drawn per mask)."""
+def _fixed_length_batch(contexts: list[np.ndarray], targets: list[np.ndarray]) -> MaskBatch:
+    """Masks whose contexts all have one length: no padding needed."""
+    context_indices = np.stack(contexts).astype(np.int64)
+    return MaskBatch(
+        context_indices,
+        np.ones_like(context_indices, dtype=bool),
+        np.stack(targets).astype(np.int64),
+    )
+
+
+def _complement(grid: int, target: np.ndarray) -> np.ndarray:
+    """Sorted indices of the patches not in `target`."""
+    return np.setdiff1d(np.arange(grid * grid), target)
+
+
+class RasterizedMaskSampler:
+    """The paper's rasterized ablation: one quadrant (drawn per image) is the context,
+    the other three quadrants are three targets."""
+
+    strategy = "rasterized"
+
+    def __init__(self, grid: int) -> None:
+        if grid % 2:
+            raise MaskSamplingError(
+                f"masking.strategy=rasterized splits the patch grid into equal quadrants, "
+                f"but the grid is {grid}x{grid}; choose image_size / patch_size even"
+            )
+        self.grid = grid
+        half = grid // 2
+        rows, cols = np.divmod(np.arange(grid * grid), grid)
+        quadrant = (rows >= half) * 2 + (cols >= half)
+        self.quadrants = [np.flatnonzero(quadrant == q) for q in range(4)]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        contexts, targets = [], []
+        for context in rng.integers(0, 4, size=batch_size):
+            contexts.append(self.quadrants[context])
+            targets.append(np.stack([self.quadrants[q] for q in range(4) if q != context]))
+        return _fixed_length_batch(contexts, targets)
+
+    def check_feasible(self) -> None:
+        """Every grid that passed the constructor works."""
+
+
+class BlockMaskSampler:
+    """The paper's block ablation: one large target block, context = its complement.
+
+    As in multi-block masking, the block shape is drawn once per batch (so every row has
+    the same number of context and target patches) and its position per image.
+    """
+
+    strategy = "block"
+
+    def __init__(self, grid: int, config: BlockMaskConfig) -> None:
+        self.grid = grid
+        self.config = config
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        cfg = self.config
+        shape = draw_block_shape(rng, cfg.target_scale, cfg.target_aspect_ratio, self.grid)
+        contexts, targets = [], []
+        for _ in range(batch_size):
+            target = np.flatnonzero(place_block(rng, shape, self.grid))
+            contexts.append(_complement(self.grid, target))
+            targets.append(target[None])
+        return _fixed_length_batch(contexts, targets)
+
+    def check_feasible(self) -> None:
+        largest = extreme_block(
+            self.config.target_scale[1], self.config.target_aspect_ratio, self.grid
+        )
+        if largest.area >= self.num_patches:
+            raise MaskSamplingError(
+                f"masking.block.target_scale={list(self.config.target_scale)} can cover the "
+                f"whole {self.grid}x{self.grid} grid and leave no context; lower its upper end"
+            )
+
+
+class RandomMaskSampler:
+    """The paper's random ablation: a random set of target patches (one target),
+    context = the complement."""
+
+    strategy = "random"
+
+    def __init__(self, grid: int, config: RandomMaskConfig) -> None:
+        self.grid = grid
+        self.config = config
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def num_target_patches(self) -> int:
+        return round(self.config.target_ratio * self.num_patches)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        contexts, targets = [], []
+        for _ in range(batch_size):
+            target = np.sort(rng.permutation(self.num_patches)[: self.num_target_patches])
+            contexts.append(_complement(self.grid, target))
+            targets.append(target[None])
+        return _fixed_length_batch(contexts, targets)
+
+    def check_feasible(self) -> None:
+        if not 1 <= self.num_target_patches < self.num_patches:
+            raise MaskSamplingError(
+                f"masking.random.target_ratio={self.config.target_ratio} gives "
+                f"{self.num_target_patches} target patches of {self.num_patches}; "
+                "it must leave at least one target and one context patch"
+            )
+
+
+class MaskSampler(Protocol):
+    """What I-JEPA and the masking reports need from a sampler."""
+
+    grid: int
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch: ...
+
+    def check_feasible(self) -> None: ...
+
+
+def build_mask_sampler(masking: MaskingConfig) -> MaskSampler:
+    """The sampler of `masking.strategy`."""
+    grid = masking.grid_size
+    if masking.strategy == "multiblock":
+        return MultiBlockMaskSampler(grid, masking.multiblock)
+    if masking.strategy == "rasterized":
+        return RasterizedMaskSampler(grid)
+    if masking.strategy == "block":
+        return BlockMaskSampler(grid, masking.block)
+    if masking.strategy == "random":
+        return RandomMaskSampler(grid, masking.random)
+    raise ValueError(f"unknown masking.strategy {masking.strategy!r}")
+
+
+def _summary(values: list[float]) -> dict:
+    return {
+        "min": float(np.min(values)),
+        "mean": float(np.mean(values)),
+        "max": float(np.max(values)),
+    }
+
+
+def measure_mask_statistics(sampler: MaskSampler, num_masks: int, seed: int) -> dict:
+    """Summary of `num_masks` masks drawn one image at a time (block sizes drawn per
+    mask), for any strategy; multi-block masks add their block-shape statistics."""
+    rng = np.random.default_rng(seed)
+    n = sampler.grid * sampler.grid
+    context_fractions, target_fractions, block_sizes = [], [], []
+    overlap = 0
+    num_targets = 0
+    for _ in range(num_masks):
+        masks = sampler.sample(1, rng)
+        context = masks.context_indices[0][masks.context_valid[0]]
+        blocks = masks.target_indices[0]
+        num_targets = len(blocks)
+        union = np.unique(blocks)
+        context_fractions.append(len(context) / n)
+        target_fractions.append(len(union) / n)
+        block_sizes += [blocks.shape[1] / n] * len(blocks)
+        overlap += int(np.isin(context, union).sum())
+    stats = {
+        "strategy": getattr(sampler, "strategy", type(sampler).__name__),
+        "num_masks": num_masks,
+        "grid": [sampler.grid, sampler.grid],
+        "num_patches": n,
+        "num_targets": num_targets,
+        "target_block_fraction": _summary(block_sizes),
+        "target_union_fraction": _summary(target_fractions),
+        "context_fraction": _summary(context_fractions),
+        "context_patches_inside_targets": overlap,
+    }
+    if isinstance(sampler, MultiBlockMaskSampler):
+        stats.update(_multiblock_shape_statistics(sampler, num_masks, seed))
+    return stats
+
+
+def _multiblock_shape_statistics(sampler: MultiBlockMaskSampler, num_masks: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     cfg = sampler.config
     n = sampler.num_patches
     target_scales, target_aspects, context_scales, context_fractions = [], [], [], []
-    overlap = 0
     for _ in range(num_masks):
         shape = sampler.draw_shape(rng, cfg.target_scale, cfg.target_aspect_ratio)
         context, blocks, context_shape = sampler.sample_one(rng, shape)
@@ -178,25 +394,10 @@ def measure_mask_statistics(sampler: MultiBlockMaskSampler, num_masks: int, seed
         target_aspects += [shape.height / shape.width] * len(blocks)
         context_scales.append(context_shape.area / n)
         context_fractions.append(len(context) / n)
-        overlap += int(np.isin(context, np.concatenate(blocks)).sum())
-
-    def summary(values: list[float]) -> dict:
-        return {
-            "min": float(np.min(values)),
-            "mean": float(np.mean(values)),
-            "max": float(np.max(values)),
-        }
-
     return {
-        "strategy": "multiblock",
-        "num_masks": num_masks,
-        "grid": [sampler.grid, sampler.grid],
-        "num_patches": n,
-        "num_targets": cfg.num_targets,
         "min_keep": cfg.min_keep,
-        "target_block_scale": summary(target_scales),
-        "target_block_aspect_ratio": summary(target_aspects),
-        "context_scale_before_removal": summary(context_scales),
-        "context_fraction_after_removal": summary(context_fractions),
-        "context_patches_inside_targets": overlap,
+        "target_block_scale": _summary(target_scales),
+        "target_block_aspect_ratio": _summary(target_aspects),
+        "context_scale_before_removal": _summary(context_scales),
+        "context_fraction_after_removal": _summary(context_fractions),
     }

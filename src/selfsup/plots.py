@@ -9,53 +9,56 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
+from selfsup.comparison import shot_counts  # noqa: E402
 from selfsup.masks import MaskBatch  # noqa: E402
 
 TARGET_COLOURS = ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 
 
-def _bounds(indices: np.ndarray, grid: int) -> tuple[int, int, int, int]:
-    rows, cols = np.divmod(indices, grid)
-    return rows.min(), cols.min(), rows.max() + 1, cols.max() + 1
+def _patch_overlay(indices: np.ndarray, grid: int, patch_size: int) -> np.ndarray:
+    """Pixel-resolution 0/1 map of the given patches."""
+    patches = np.zeros(grid * grid)
+    patches[indices] = 1
+    return np.kron(patches.reshape(grid, grid), np.ones((patch_size, patch_size)))
 
 
 def plot_mask_preview(
-    images: np.ndarray, masks: MaskBatch, grid: int, patch_size: int
+    images: np.ndarray,
+    masks: MaskBatch,
+    grid: int,
+    patch_size: int,
+    strategy: str = "multiblock",
 ) -> plt.Figure:
-    """Each image twice: with its context patches (blue), and with its target blocks."""
+    """Each image twice: with its context patches (blue), and with its target patches
+    (one colour per target; where targets overlap, the later one shows)."""
     count = images.shape[0]
     fig, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6), squeeze=False)
     cmap = "gray" if images.shape[-1] == 1 else None
     for col in range(count):
         picture = images[col, ..., 0] if images.shape[-1] == 1 else images[col]
-        context = np.zeros(grid * grid)
-        context[masks.context_indices[col][masks.context_valid[col]]] = 1
-        overlay = np.kron(context.reshape(grid, grid), np.ones((patch_size, patch_size)))
+        context = masks.context_indices[col][masks.context_valid[col]]
         top, bottom = axes[0, col], axes[1, col]
         top.imshow(picture, cmap=cmap)
-        top.imshow(np.ma.masked_equal(overlay, 0), cmap="Blues", alpha=0.45, vmin=0, vmax=1.3)
+        top.imshow(
+            np.ma.masked_equal(_patch_overlay(context, grid, patch_size), 0),
+            cmap="Blues",
+            alpha=0.45,
+            vmin=0,
+            vmax=1.3,
+        )
         bottom.imshow(picture, cmap=cmap)
         for block, indices in enumerate(masks.target_indices[col]):
-            r0, c0, r1, c1 = _bounds(indices, grid)
-            bottom.add_patch(
-                Rectangle(
-                    (c0 * patch_size - 0.5, r0 * patch_size - 0.5),
-                    (c1 - c0) * patch_size,
-                    (r1 - r0) * patch_size,
-                    fill=False,
-                    linewidth=2,
-                    edgecolor=TARGET_COLOURS[block % len(TARGET_COLOURS)],
-                )
-            )
-        kept = int(masks.context_valid[col].sum())
-        top.set_title(f"context: {kept} patches", fontsize=8)
-        bottom.set_title(f"{masks.target_indices.shape[1]} targets", fontsize=8)
+            colour = ListedColormap([TARGET_COLOURS[block % len(TARGET_COLOURS)]])
+            overlay = _patch_overlay(indices, grid, patch_size)
+            bottom.imshow(np.ma.masked_equal(overlay, 0), cmap=colour, alpha=0.5)
+        top.set_title(f"context: {len(context)} patches", fontsize=8)
+        bottom.set_title(f"{masks.target_indices.shape[1]} target(s)", fontsize=8)
         for ax in (top, bottom):
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("I-JEPA multi-block masks (blue: context; boxes: target blocks)")
+    fig.suptitle(f"I-JEPA {strategy} masks (top: context in blue; bottom: targets)")
     fig.tight_layout()
     return fig
 
@@ -82,5 +85,35 @@ def plot_training_history(history: pd.DataFrame, title: str) -> plt.Figure:
         ema_ax.plot(history["step"], history["momentum"], color="tab:green", label="EMA momentum")
         ema_ax.set_ylabel("EMA momentum")
     lr_ax.set_title("schedules")
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(comparison: pd.DataFrame) -> plt.Figure:
+    """Grouped bars: one group per feature set, one bar per protocol (low-shot bars
+    carry the std over draws as error bars)."""
+    shots = shot_counts(comparison)
+    protocols = [("linear probe", "linear_probe", None)]
+    protocols += [(f"{k}-shot", f"{k}_shot_mean", f"{k}_shot_std") for k in shots]
+    protocols.append(("kNN", "knn", None))
+    names = comparison["features"].tolist()
+    positions = np.arange(len(names))
+    width = 0.8 / len(protocols)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names)), 4.2))
+    for offset, (label, column, spread) in enumerate(protocols):
+        ax.bar(
+            positions + (offset - (len(protocols) - 1) / 2) * width,
+            comparison[column],
+            width,
+            yerr=None if spread is None else comparison[spread],
+            capsize=2,
+            label=label,
+        )
+    ax.set_xticks(positions, names)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Frozen-feature evaluation per method and baseline")
+    ax.legend(ncol=len(protocols), fontsize=8, loc="lower center")
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -52,3 +52,13 @@ CONFIG_LOADER_ARGS = {
 # Class that manages the Data Catalog.
 # from kedro.io import DataCatalog
 # DATA_CATALOG_CLASS = DataCatalog
+
+# Pretraining runs, one Kedro namespace each (pretraining, features and evaluation),
+# compared in one report. Each name needs a block of the same name in
+# conf/base/parameters_pretraining.yml whose `method` names an implementation in
+# selfsup.methods.METHODS; two namespaces may run the same method with different
+# hyperparameters. Adding a method: one module registered with
+# selfsup.methods.register_method, one parameter block, and its name here.
+PRETRAINED_NAMESPACES = ("ijepa", "mae", "simclr")
+# Feature sets every method is compared with, in the same run and protocol.
+BASELINE_NAMESPACES = ("raw_pixels", "random_init")

@@ -150,6 +150,7 @@ def train(
                     "lr": lr,
                     "weight_decay": weight_decay,
                     **logged,
+                    "images_seen": (step + 1) * config.batch_size,
                     "elapsed_s": elapsed,
                 }
             )

@@ -34,7 +34,8 @@ from selfsup.models.vit import encoder_from_checkpoint
 from tests.helpers import expected_block_dims
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("ijepa", "raw_pixels", "random_init")
+METHODS = ("ijepa", "mae", "simclr")
+NAMES = (*METHODS, "raw_pixels", "random_init")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_FOLDERS = (
     "01_raw",
@@ -46,10 +47,19 @@ DATA_FOLDERS = (
     "07_model_output",
     "08_reporting",
 )
+TINY_TRAINING = {"epochs": 1, "warmup_epochs": 0, "batch_size": 32}
 TINY_RUN = {
     "ijepa": {
-        "training": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32},
+        "training": TINY_TRAINING,
         "hyperparameters": {"predictor": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
+    },
+    "mae": {
+        "training": TINY_TRAINING,
+        "hyperparameters": {"decoder": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
+    },
+    "simclr": {
+        "training": TINY_TRAINING,
+        "hyperparameters": {"projection_head": {"hidden_dim": 32, "out_dim": 16}},
     },
     "encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
     "masking": {"stats_num_masks": 1000},
@@ -123,7 +133,7 @@ def test_every_catalog_output_exists(data):
     expected = set()
     for name, entry in catalog.items():
         if "{method}" in name:
-            expected.add(entry["filepath"].format(method="ijepa"))
+            expected.update(entry["filepath"].format(method=m) for m in METHODS)
         elif "{name}" in name:
             expected.update(entry["filepath"].format(name=n) for n in NAMES)
         else:
@@ -192,19 +202,25 @@ def test_mask_statistics(data):
 
 
 def test_figures_are_png_files(data):
-    for path in (
-        data / "08_reporting" / "mask_preview.png",
-        data / "08_reporting" / "ijepa" / "loss_curve.png",
-    ):
+    paths = [data / "08_reporting" / name for name in ("mask_preview.png", "comparison.png")]
+    paths += [data / "08_reporting" / method / "loss_curve.png" for method in METHODS]
+    for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE, path
 
 
-def test_training_history(data, samples):
-    history = pd.read_csv(data / "07_model_output" / "ijepa" / "training_history.csv")
-    assert {"loss", "lr", "momentum", "weight_decay"} <= set(history.columns)
+@pytest.mark.parametrize("method", METHODS)
+def test_training_history(data, samples, method):
+    history = pd.read_csv(data / "07_model_output" / method / "training_history.csv")
+    assert {"loss", "lr", "weight_decay", "images_seen", "elapsed_s"} <= set(history.columns)
     num_train = int((samples["split"] == "train").sum())
     assert len(history) == num_train // 32  # 1 epoch, batch 32
+    assert history["images_seen"].tolist() == [32 * (i + 1) for i in range(len(history))]
     assert np.isfinite(history["loss"]).all()
+    assert ("momentum" in history) == (method == "ijepa")
+
+
+def test_ijepa_momentum_follows_the_configured_schedule(data):
+    history = pd.read_csv(data / "07_model_output" / "ijepa" / "training_history.csv")
     pretraining = yaml.safe_load(
         (ROOT / "conf" / "base" / "parameters_pretraining.yml").read_text()
     )
@@ -213,8 +229,15 @@ def test_training_history(data, samples):
     assert history["momentum"].iloc[-1] == pytest.approx(end)
 
 
-def test_encoder_checkpoint_produces_the_saved_features(data):
-    checkpoint = torch.load(data / "06_models" / "ijepa" / "encoder.pt", weights_only=True)
+def test_simclr_loss_starts_near_chance(data):
+    """At init the 2N-way NT-Xent is close to log(2N - 1) for batch N = 32."""
+    history = pd.read_csv(data / "07_model_output" / "simclr" / "training_history.csv")
+    assert history["loss"].iloc[0] == pytest.approx(np.log(63), abs=0.5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_encoder_checkpoint_produces_the_saved_features(data, method):
+    checkpoint = torch.load(data / "06_models" / method / "encoder.pt", weights_only=True)
     assert checkpoint["config"]["encoder"]["embed_dim"] == 32
     assert checkpoint["config"]["encoder"]["depth"] == 1
     assert checkpoint["config"]["image_size"] == 32
@@ -222,7 +245,7 @@ def test_encoder_checkpoint_produces_the_saved_features(data):
     model_input = np.load(data / "05_model_input" / "images.npy")
     normalization = read_json(data / "05_model_input" / "normalization.json")
     features = encoder_features(encoder, to_model_input(model_input, normalization))
-    saved = np.load(data / "04_feature" / "ijepa" / "features.npy")
+    saved = np.load(data / "04_feature" / method / "features.npy")
     np.testing.assert_allclose(saved, features, atol=1e-4)
 
 
@@ -233,7 +256,19 @@ def test_features(data):
         assert features.shape[0] == 1797, name
         assert np.isfinite(features).all(), name
         shapes[name] = features.shape[1]
-    assert shapes == {"ijepa": 32, "raw_pixels": 32 * 32, "random_init": 32}
+    assert shapes == {
+        "ijepa": 32,
+        "mae": 32,
+        "simclr": 32,
+        "raw_pixels": 32 * 32,
+        "random_init": 32,
+    }
+    # Each method trained its own encoder from the same initial weights.
+    for a, b in [("ijepa", "mae"), ("ijepa", "simclr"), ("mae", "random_init")]:
+        assert not np.allclose(
+            np.load(data / "04_feature" / a / "features.npy"),
+            np.load(data / "04_feature" / b / "features.npy"),
+        ), (a, b)
     model_input = np.load(data / "05_model_input" / "images.npy").astype(np.float64)
     normalization = read_json(data / "05_model_input" / "normalization.json")
     expected = (model_input / 255 - normalization["mean"][0]) / normalization["std"][0]
@@ -255,13 +290,74 @@ def test_metrics(data):
         assert read_json(data / "07_model_output" / name / "metrics.json") == m
 
 
-def test_metrics_table_written_and_logged(tiny_run, data):
+def test_comparison_written_and_logged(tiny_run, data):
     _, output = tiny_run
-    table = (data / "08_reporting" / "metrics.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    metrics = read_json(data / "08_reporting" / "metrics.json")
+    comparison = pd.read_csv(data / "08_reporting" / "comparison.csv")
+    assert comparison["features"].tolist() == list(NAMES)
+    by_name = comparison.set_index("features")
+    for name in NAMES:
+        m = metrics[name]
+        row = by_name.loc[name]
+        assert row["linear_probe"] == pytest.approx(100 * m["linear_probe"]["test_accuracy"])
+        assert row["5_shot_mean"] == pytest.approx(100 * m["low_shot"]["5"]["mean"])
+        assert row["knn"] == pytest.approx(100 * m["knn"]["test_accuracy"])
+    for method in METHODS:
+        history = pd.read_csv(data / "07_model_output" / method / "training_history.csv")
+        row = by_name.loc[method]
+        assert row["kind"] == "pretrained"
+        assert row["epochs"] == 1
+        assert row["pretraining_s"] == pytest.approx(history["elapsed_s"].iloc[-1], rel=1e-3)
+        assert row["images_per_s"] == pytest.approx(
+            history["images_seen"].iloc[-1] / history["elapsed_s"].iloc[-1], rel=1e-3
+        )
+        assert row["vs_random_init_linear_probe"] == pytest.approx(
+            row["linear_probe"] - by_name.loc["random_init", "linear_probe"], abs=1e-3
+        )
+    assert by_name.loc[["raw_pixels", "random_init"], "pretraining_s"].isna().all()
+
+    report = (data / "08_reporting" / "comparison.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split("|")[1].strip() for row in rows[1:]] == list(NAMES)
     for row in rows:
         assert row in output
+    for method in METHODS:
+        assert any(line.startswith(f"- {method} ") for line in report.splitlines()), method
+
+
+def test_one_namespace_runs_alone(tiny_run, tmp_path):
+    """`kedro run --namespaces mae` retrains and re-evaluates mae and nothing else."""
+    source, _ = tiny_run
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    before = {path: path.stat().st_mtime_ns for path in data_files(project)}
+    result = kedro(project, "run", "--namespaces", "mae", "--config", "run.yml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    changed = {
+        path.relative_to(project / "data").as_posix()
+        for path in data_files(project)
+        if path.stat().st_mtime_ns != before.get(path)
+    }
+    assert changed == {
+        "06_models/mae/encoder.pt",
+        "07_model_output/mae/training_history.csv",
+        "08_reporting/mae/loss_curve.png",
+        "04_feature/mae/features.npy",
+        "07_model_output/mae/metrics.json",
+    }
+
+
+def test_partial_run_without_its_inputs_names_the_pipelines_to_run_first(tmp_path):
+    project = make_project_copy(tmp_path)
+    result = kedro(project, "run", "--namespaces", "mae", timeout=120)
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "MissingInputsError" in output
+    assert "model_input_images, normalization, samples" in output
+    assert "kedro run --pipelines ingestion,masking" in output
+    assert "Running node" not in output
+    assert not data_files(project)
 
 
 def test_invalid_parameter_fails_before_any_node_runs(tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
 from selfsup.data.preprocessing import to_model_input
@@ -13,7 +15,12 @@ from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
 from selfsup.pipelines.features.nodes import random_init_features, raw_pixel_features
 from selfsup.pipelines.ingestion.nodes import report_dataset
-from selfsup.pipelines.masking.nodes import compute_normalization, describe_patch_grid
+from selfsup.pipelines.masking.nodes import (
+    compute_normalization,
+    describe_patch_grid,
+    mask_preview,
+    mask_statistics,
+)
 
 ENCODER = EncoderConfig(embed_dim=16, depth=1, num_heads=2)
 MASKING = MaskingConfig(image_size=16, patch_size=2)
@@ -83,3 +90,40 @@ def test_raw_pixel_features(small_set):
     assert raw.shape == (12, 16 * 16)
     expected = (images.reshape(12, -1) / 255 - normalization["mean"][0]) / normalization["std"][0]
     np.testing.assert_allclose(raw, expected, atol=1e-5)
+
+
+STRATEGIES = ["multiblock", "rasterized", "block", "random"]
+NUM_TARGETS = {"multiblock": 4, "rasterized": 3, "block": 1, "random": 1}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mask_statistics_describe_the_configured_strategy(strategy):
+    masking = MaskingConfig(image_size=16, patch_size=2, strategy=strategy, stats_num_masks=40)
+    stats = mask_statistics(masking, seed=0)
+    assert stats["strategy"] == strategy
+    assert stats["num_masks"] == 40
+    assert stats["grid"] == [8, 8]
+    assert stats["num_targets"] == NUM_TARGETS[strategy]
+    assert stats["context_patches_inside_targets"] == 0
+    assert mask_statistics(masking, seed=0) == stats
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mask_preview_draws_the_configured_strategy(small_set, strategy):
+    images, _ = small_set
+    masking = MaskingConfig(image_size=16, patch_size=2, strategy=strategy, preview_images=3)
+    fig = mask_preview(images, masking, seed=0)
+    try:
+        assert isinstance(fig, Figure)
+        assert len(fig.axes) == 2 * 3
+        assert strategy in fig.get_suptitle()
+        # Axes are created row by row; top row: image + context overlay.
+        for ax in fig.axes[:3]:
+            assert len(ax.get_images()) == 2
+            assert ax.get_title().startswith("context: ")
+        # Bottom row: the image, then one overlay per target.
+        for ax in fig.axes[3:]:
+            assert len(ax.get_images()) == 1 + NUM_TARGETS[strategy]
+            assert ax.get_title() == f"{NUM_TARGETS[strategy]} target(s)"
+    finally:
+        plt.close(fig)

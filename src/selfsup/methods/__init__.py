@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from selfsup.config import EncoderConfig, MaskingConfig
-from selfsup.methods.base import PretrainingMethod
+from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.ijepa import IJEPA
 from selfsup.methods.mae import MAE
+from selfsup.methods.simclr import SimCLR
 from selfsup.models import build_encoder
 
-METHODS: dict[str, type[PretrainingMethod]] = {method.name: method for method in (IJEPA, MAE)}
+METHODS: dict[str, type[PretrainingMethod]] = {}
+
+
+def register_method(method_cls: type[PretrainingMethod]) -> type[PretrainingMethod]:
+    """Make `method_cls` selectable as `method: <method_cls.name>` in the parameters.
+
+    Usable as a class decorator; a name already taken by another class is an error.
+    """
+    existing = METHODS.get(method_cls.name)
+    if existing is not None and existing is not method_cls:
+        raise ValueError(f"method name {method_cls.name!r} is already taken by {existing}")
+    METHODS[method_cls.name] = method_cls
+    return method_cls
+
+
+for _method in (IJEPA, MAE, SimCLR):
+    register_method(_method)
 
 
 def build_method(
@@ -17,14 +34,20 @@ def build_method(
     encoder: EncoderConfig,
     masking: MaskingConfig,
     in_chans: int,
+    normalization: dict | None = None,
 ) -> PretrainingMethod:
-    """Instantiate method `name`; its parameters are validated by its config class."""
+    """Instantiate method `name`; its parameters are validated by its config class.
+
+    `normalization` ({"mean", "std"} per channel) describes how the training images
+    were normalized; None means raw [0, 1] pixels.
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     method_cls = METHODS[name]
     config = method_cls.config_class.model_validate(method_params)
     backbone = build_encoder(encoder, masking.image_size, masking.patch_size, in_chans)
-    return method_cls(config, backbone, masking)
+    data = InputSpec.from_normalization(in_chans, masking, normalization)
+    return method_cls(config, backbone, data)
 
 
-__all__ = ["METHODS", "PretrainingMethod", "build_method"]
+__all__ = ["METHODS", "InputSpec", "PretrainingMethod", "build_method", "register_method"]

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.config import IJEPAConfig, MaskingConfig
-from selfsup.masks import MaskBatch, MultiBlockMaskSampler
-from selfsup.methods.base import PretrainingMethod
+from selfsup.config import IJEPAConfig
+from selfsup.masks import MaskBatch, build_mask_sampler
+from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import Predictor, VisionTransformerEncoder
 from selfsup.models.vit import gather_tokens
 from selfsup.schedules import linear_schedule
@@ -43,9 +43,9 @@ class IJEPA(PretrainingMethod):
         self,
         config: IJEPAConfig,
         encoder: VisionTransformerEncoder,
-        masking: MaskingConfig,
+        data: InputSpec,
     ) -> None:
-        super().__init__()
+        super().__init__(config, encoder, data)
         self.config = config
         self.context_encoder = encoder
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -57,7 +57,8 @@ class IJEPA(PretrainingMethod):
             num_heads=config.predictor.num_heads,
             mlp_ratio=config.predictor.mlp_ratio,
         )
-        self.sampler = MultiBlockMaskSampler(encoder.grid, masking.multiblock)
+        # masking.strategy picks multi-block (the method) or one of the paper's ablations.
+        self.sampler = build_mask_sampler(data.masking)
 
     def train(self, mode: bool = True) -> IJEPA:
         """Targets come from the EMA encoder in eval mode, so stochastic depth and

@@ -7,8 +7,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from selfsup.config import MAEConfig, MaskingConfig
-from selfsup.methods.base import PretrainingMethod
+from selfsup.config import MAEConfig
+from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import LayerNorm, gather_tokens, init_weights, sincos_positions
 
@@ -91,9 +91,9 @@ class MAE(PretrainingMethod):
     config_class = MAEConfig
 
     def __init__(
-        self, config: MAEConfig, encoder: VisionTransformerEncoder, masking: MaskingConfig
+        self, config: MAEConfig, encoder: VisionTransformerEncoder, data: InputSpec
     ) -> None:
-        super().__init__()
+        super().__init__(config, encoder, data)
         if int(encoder.num_patches * (1.0 - config.mask_ratio)) < 1:
             raise ValueError(
                 f"mae mask_ratio={config.mask_ratio} leaves no visible patch of "
@@ -101,12 +101,11 @@ class MAE(PretrainingMethod):
             )
         self.config = config
         self.encoder = encoder
-        self.patch_size = masking.patch_size
-        in_chans = encoder.patch_embed.proj.in_channels
+        self.patch_size = data.masking.patch_size
         self.decoder = MAEDecoder(
             grid=encoder.grid,
             encoder_dim=encoder.embed_dim,
-            patch_dim=masking.patch_size**2 * in_chans,
+            patch_dim=self.patch_size**2 * data.channels,
             embed_dim=config.decoder.embed_dim,
             depth=config.decoder.depth,
             num_heads=config.decoder.num_heads,

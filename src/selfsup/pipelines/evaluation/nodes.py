@@ -6,9 +6,12 @@ import logging
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
+from selfsup.comparison import comparison_frame, comparison_markdown
 from selfsup.config import EvaluationConfig
-from selfsup.evaluation import evaluate_features, metrics_table
+from selfsup.evaluation import evaluate_features
+from selfsup.plots import plot_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,14 @@ def evaluate(
     )
 
 
-def report_metrics(**metrics: dict) -> tuple[dict, str]:
-    """All metrics in one JSON and one markdown table (percent accuracies)."""
-    table = metrics_table(metrics)
-    return metrics, "# Frozen-feature evaluation (test accuracy, %)\n\n" + table
+def collect_metrics(**metrics: dict) -> dict:
+    """Every feature set's metrics in one JSON, keyed by name."""
+    return metrics
+
+
+def compare_methods(
+    metrics: dict, **training_histories: pd.DataFrame
+) -> tuple[pd.DataFrame, str, Figure]:
+    """The comparison table (CSV and markdown) and its bar chart."""
+    frame = comparison_frame(metrics, training_histories)
+    return frame, comparison_markdown(frame), plot_comparison(frame)

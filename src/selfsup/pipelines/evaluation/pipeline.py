@@ -1,7 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import BASELINES, PRETRAINED
-from selfsup.pipelines.evaluation.nodes import evaluate, report_metrics
+from selfsup.pipelines.evaluation.nodes import collect_metrics, compare_methods, evaluate
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -26,11 +26,20 @@ def create_pipeline(**kwargs) -> Pipeline:
     report = Pipeline(
         [
             node(
-                report_metrics,
+                collect_metrics,
                 {name: f"{name}_metrics" for name in names},
-                ["metrics", "metrics_table"],
-                name="report_metrics",
-            )
+                "metrics",
+                name="collect_metrics",
+            ),
+            node(
+                compare_methods,
+                {
+                    "metrics": "metrics",
+                    **{name: f"{name}.training_history" for name in PRETRAINED},
+                },
+                ["comparison", "comparison_report", "comparison_chart"],
+                name="compare_methods",
+            ),
         ]
     )
     return sum(per_feature_set, report)

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from selfsup.config import MaskingConfig
 from selfsup.data.preprocessing import channel_statistics, resize_images
-from selfsup.masks import MultiBlockMaskSampler, measure_mask_statistics
+from selfsup.masks import build_mask_sampler, measure_mask_statistics
 from selfsup.plots import plot_mask_preview
 
 
@@ -33,15 +33,15 @@ def describe_patch_grid(model_input_images: np.ndarray, masking: MaskingConfig) 
 
 
 def mask_statistics(masking: MaskingConfig, seed: int) -> dict:
-    sampler = MultiBlockMaskSampler(masking.grid_size, masking.multiblock)
-    return measure_mask_statistics(sampler, masking.stats_num_masks, seed)
+    """Statistics of the masks of `masking.strategy`, the one I-JEPA trains with."""
+    return measure_mask_statistics(build_mask_sampler(masking), masking.stats_num_masks, seed)
 
 
 def mask_preview(model_input_images: np.ndarray, masking: MaskingConfig, seed: int) -> Figure:
     rng = np.random.default_rng(seed)
     count = min(masking.preview_images, len(model_input_images))
     chosen = rng.choice(len(model_input_images), size=count, replace=False)
-    masks = MultiBlockMaskSampler(masking.grid_size, masking.multiblock).sample(count, rng)
+    masks = build_mask_sampler(masking).sample(count, rng)
     return plot_mask_preview(
-        model_input_images[chosen], masks, masking.grid_size, masking.patch_size
+        model_input_images[chosen], masks, masking.grid_size, masking.patch_size, masking.strategy
     )

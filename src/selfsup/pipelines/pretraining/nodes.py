@@ -33,6 +33,7 @@ def pretrain(
         encoder,
         masking,
         in_chans=train_images.shape[-1],
+        normalization=normalization,
     )
     history = train(
         method,

@@ -1,14 +1,16 @@
-"""Probe I-JEPA's target and context encoders every few epochs on the embedded digits.
+"""Probe one method's evaluation encoder every few epochs on the embedded digits.
 
 This is how the small-data defaults in conf/base were chosen (BENCHMARKS.md). Each
 checkpoint reports linear probe / 5-shot / kNN test accuracy (%) and RankMe of the
 average-pooled features, with a quick protocol (C in {0.1, 1}, 3 draws of 5 shots)
-so a curve costs seconds per point.
+so a curve costs seconds per point. For I-JEPA the context encoder is probed too.
 
 Usage (repository root, project environment):
-    python benchmarks/ijepa_learning_curve.py NAME '{"training": {...}, "method": {...}}' [EVERY]
-Keys: "encoder", "masking", "training" (TrainingConfig) and "method" (IJEPAConfig)
-override the small defaults below; one thread per run, so two runs can share 2 cores.
+    python benchmarks/learning_curve.py METHOD NAME '{"training": {...}, "method": {...}}' [EVERY]
+METHOD is a namespace of conf/base/parameters_pretraining.yml (ijepa, mae, simclr);
+its block there, with conf/base's encoder and masking, is the starting point. Keys
+"encoder", "masking", "training" (TrainingConfig fields) and "method" (the method's
+hyperparameters) override it; one thread per run, so two runs can share 2 cores.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from selfsup.config import (
     EncoderConfig,
@@ -35,6 +39,7 @@ from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.methods import build_method
 from selfsup.training import train
 
+ROOT = Path(__file__).resolve().parents[1]
 SEED = 42
 QUICK = EvaluationConfig(
     c_grid=[0.1, 1.0], max_iter=300, low_shot=LowShotConfig(shots=[5], draws=3)
@@ -48,20 +53,31 @@ def rankme(features: np.ndarray) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def base_parameters() -> dict:
+    parameters = {}
+    for name in ("parameters_pretraining.yml", "parameters_masking.yml"):
+        parameters.update(yaml.safe_load((ROOT / "conf" / "base" / name).read_text()))
+    return parameters
+
+
 def main() -> None:
-    name, overrides = sys.argv[1], json.loads(sys.argv[2])
-    every = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    method_name, name, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    every = int(sys.argv[4]) if len(sys.argv) > 4 else 4
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
+    base = base_parameters()
+    block = base[method_name]
     digits = load_source("digits", {})
     split = stratified_split(digits.labels, 0.2, 0.2, SEED)
-    masking = MaskingConfig(**overrides.get("masking", {}))
-    encoder = EncoderConfig(
-        **{"embed_dim": 128, "depth": 4, "num_heads": 4, **overrides.get("encoder", {})}
+    masking = MaskingConfig(**{**base["masking"], **overrides.get("masking", {})})
+    encoder = EncoderConfig(**{**base["encoder"], **overrides.get("encoder", {})})
+    training = TrainingConfig(
+        **{**block["training"], "num_threads": 1, **overrides.get("training", {})}
     )
-    training = TrainingConfig(**{"num_threads": 1, **overrides.get("training", {})})
+    hyperparameters = {**block["hyperparameters"], **overrides.get("method", {})}
     images = resize_images(digits.images, masking.image_size)
-    x = to_model_input(images, channel_statistics(images[split == "train"]))
+    normalization = channel_statistics(images[split == "train"])
+    x = to_model_input(images, normalization)
 
     def score(module: torch.nn.Module) -> str:
         features = encoder_features(module, x)
@@ -73,16 +89,14 @@ def main() -> None:
         )
 
     torch.manual_seed(SEED)
-    method = build_method("ijepa", overrides.get("method", {}), encoder, masking, 1)
-    print(f"{name}: init target {score(method.evaluation_encoder())}", flush=True)
+    method = build_method(block["method"], hyperparameters, encoder, masking, 1, normalization)
+    print(f"{name}: init {score(method.evaluation_encoder())}", flush=True)
 
     def on_epoch_end(epoch: int, m: torch.nn.Module) -> None:
         if (epoch + 1) % every == 0:
-            print(
-                f"{name}: epoch {epoch + 1} target {score(m.target_encoder)} "
-                f"context {score(m.context_encoder)}",
-                flush=True,
-            )
+            context = getattr(m, "context_encoder", None)
+            extra = "" if context is None else f" context {score(context)}"
+            print(f"{name}: epoch {epoch + 1} {score(m.evaluation_encoder())}{extra}", flush=True)
 
     start = time.perf_counter()
     history = train(
