@@ -1,14 +1,15 @@
-"""Compare I-JEPA settings through the real pipelines, full evaluation protocol.
+"""Compare one method's settings through the real pipelines, full evaluation protocol.
 
 Each variant is `kedro run --pipelines pretraining,features,evaluation --namespaces
-ijepa,random_init` with its parameters, in its own temporary copy of the project (ingestion and masking run once first), so
-variants can run side by side; each uses one thread. Prints one markdown row per
-variant with I-JEPA's and random init's test accuracy (%).
+METHOD,random_init` with its parameters, in its own temporary copy of the project
+(ingestion and masking run once first), so variants can run side by side; each uses one
+thread. Prints one markdown row per variant with the method's and random init's test
+accuracy (%) and the method's pretraining time.
 
 Usage (repository root, project environment):
-    python benchmarks/defaults_study.py [--jobs 2] [NAME=PARAMS ...]
-PARAMS is a kedro --params string, e.g. 'paper=ijepa.hyperparameters.ema_momentum=[0.996,1.0]'
-(lists cannot go through --params; use the built-in variants below for those).
+    python benchmarks/defaults_study.py METHOD [--jobs 2] [VARIANT ...]
+METHOD is ijepa, mae or simclr; VARIANT names come from VARIANTS below (default: all of
+that method's). A variant's overrides are nested parameters applied on top of conf/base.
 """
 
 from __future__ import annotations
@@ -23,28 +24,98 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> runtime parameter overrides (nested), applied on top of conf/base.
-VARIANTS: dict[str, dict] = {
-    "default": {},
-    "paper (EMA 0.996, no crop)": {
-        "ijepa": {
-            "hyperparameters": {"ema_momentum": [0.996, 1.0]},
-            "training": {"crop_scale": None},
-        }
-    },
-    "EMA 0.996 + crop": {"ijepa": {"hyperparameters": {"ema_momentum": [0.996, 1.0]}}},
-    "EMA 0.999, no crop": {"ijepa": {"training": {"crop_scale": None}}},
-    "EMA 0.9995 + crop": {"ijepa": {"hyperparameters": {"ema_momentum": [0.9995, 1.0]}}},
-    "10 epochs": {"ijepa": {"training": {"epochs": 10, "warmup_epochs": 1}}},
-    "40 epochs": {"ijepa": {"training": {"epochs": 40}}},
-    "encoder 192x6": {"encoder": {"embed_dim": 192, "depth": 6, "num_heads": 3}},
-    # Training seed only: the split comes from the shared ingestion run (seed 42).
-    "default, seed 1": {"seed": 1},
-    "default, seed 2": {"seed": 2},
+SEEDS = {"seed 1": {"seed": 1}, "seed 2": {"seed": 2}}
+
+
+def with_seeds(variants: dict[str, dict], *names: str) -> dict[str, dict]:
+    """Add "NAME, seed 1/2" for each named variant: training seed only, the split comes
+    from the shared ingestion run (seed 42)."""
+    extra = {
+        f"{name}, {seed_name}": merge(variants[name], seed)
+        for name in names
+        for seed_name, seed in SEEDS.items()
+    }
+    return {**variants, **extra}
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def training(method: str, **values: object) -> dict:
+    return {method: {"training": values}}
+
+
+def hyperparameters(method: str, **values: object) -> dict:
+    return {method: {"hyperparameters": values}}
+
+
+def augmentations(**values: object) -> dict:
+    return {"simclr": {"hyperparameters": {"augmentations": values}}}
+
+
+# method -> variant name -> runtime parameter overrides (nested), applied on top of conf/base.
+VARIANTS: dict[str, dict[str, dict]] = {
+    "ijepa": with_seeds(
+        {
+            "default": {},
+            "paper (EMA 0.996, no crop)": merge(
+                hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
+                training("ijepa", crop_scale=None),
+            ),
+            "EMA 0.996 + crop": hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
+            "EMA 0.999, no crop": training("ijepa", crop_scale=None),
+            "EMA 0.9995 + crop": hyperparameters("ijepa", ema_momentum=[0.9995, 1.0]),
+            "10 epochs": training("ijepa", epochs=10, warmup_epochs=1),
+            "40 epochs": training("ijepa", epochs=40),
+            "encoder 192x6": {"encoder": {"embed_dim": 192, "depth": 6, "num_heads": 3}},
+        },
+        "default",
+    ),
+    "mae": with_seeds(
+        {
+            "default": {},
+            "lr 1e-3": training("mae", lr=0.001, start_lr=0.0001),
+            "no crop": training("mae", crop_scale=None),
+            "no crop, lr 1e-3": training("mae", crop_scale=None, lr=0.001, start_lr=0.0001),
+            "decoder 64x2": hyperparameters("mae", decoder={"embed_dim": 64, "depth": 2}),
+            "decoder 128x8": hyperparameters("mae", decoder={"depth": 8}),
+            "pixel targets (no norm-pix)": hyperparameters("mae", norm_pix_loss=False),
+            "mask ratio 0.5": hyperparameters("mae", mask_ratio=0.5),
+        },
+        "default",
+        "lr 1e-3",
+    ),
+    "simclr": with_seeds(
+        {
+            "default": {},
+            "paper crops and flips ([0.08, 1], p 0.5)": augmentations(
+                crop_scale=[0.08, 1.0], horizontal_flip_p=0.5
+            ),
+            "crop [0.08, 1]": augmentations(crop_scale=[0.08, 1.0]),
+            "flip p 0.5": augmentations(horizontal_flip_p=0.5),
+            "temperature 0.5": hyperparameters("simclr", temperature=0.5),
+            "temperature 0.1": hyperparameters("simclr", temperature=0.1),
+            "lr 1e-3": training("simclr", lr=0.001, start_lr=0.0001),
+            "crop [0.2, 1]": augmentations(crop_scale=[0.2, 1.0]),
+            "crop [0.2, 1], lr 1e-3": merge(
+                augmentations(crop_scale=[0.2, 1.0]),
+                training("simclr", lr=0.001, start_lr=0.0001),
+            ),
+        },
+        "default",
+    ),
 }
 
 
@@ -66,21 +137,9 @@ def project_copy(base: Path, name: str, data_from: Path | None) -> Path:
     return target
 
 
-def run_kedro(cwd: Path, args: list[str], overrides: dict) -> None:
+def run_kedro(cwd: Path, args: list[str], params: dict) -> None:
     env = {**os.environ, "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     config = cwd / "study_run.yml"
-    params = {"ijepa": {"training": {"num_threads": 1}}}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(params.get(key), dict):
-            merged = json.loads(json.dumps(params[key]))
-            for sub, sub_value in value.items():
-                if isinstance(sub_value, dict) and isinstance(merged.get(sub), dict):
-                    merged[sub] = {**merged[sub], **sub_value}
-                else:
-                    merged[sub] = sub_value
-            params[key] = merged
-        else:
-            params[key] = value
     config.write_text(yaml.safe_dump({"run": {"params": params}}))
     log = cwd / "study_run.log"
     with log.open("w") as handle:
@@ -96,9 +155,9 @@ def run_kedro(cwd: Path, args: list[str], overrides: dict) -> None:
         raise RuntimeError(f"kedro run failed in {cwd}; see {log}")
 
 
-def row(name: str, metrics: dict) -> str:
+def row(name: str, method: str, metrics: dict, seconds: float) -> str:
     cells = [name]
-    for key in ("ijepa", "random_init"):
+    for key in (method, "random_init"):
         m = metrics[key]
         cells += [
             f"{100 * m['linear_probe']['test_accuracy']:.1f}",
@@ -106,15 +165,21 @@ def row(name: str, metrics: dict) -> str:
             f"{100 * m['low_shot']['5']['mean']:.1f}",
             f"{100 * m['knn']['test_accuracy']:.1f}",
         ]
+    cells.append(f"{seconds:.0f}")
     return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("method", choices=sorted(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
-    chosen = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only}
+    method = args.method
+    unknown = [name for name in args.only if name not in VARIANTS[method]]
+    if unknown:
+        parser.error(f"unknown {method} variants {unknown}; choose from {list(VARIANTS[method])}")
+    chosen = {k: v for k, v in VARIANTS[method].items() if not args.only or k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         prep = project_copy(base, "prepare", data_from=None)
@@ -123,28 +188,24 @@ def main() -> None:
         def one(item: tuple[str, dict]) -> str:
             name, overrides = item
             cwd = project_copy(base, name, data_from=prep / "data")
-            run_kedro(
-                cwd,
-                [
-                    "--pipelines",
-                    "pretraining,features,evaluation",
-                    "--namespaces",
-                    "ijepa,random_init",
-                ],
-                overrides,
-            )
+            params = merge(training(method, num_threads=1), overrides)
+            namespaces = f"{method},random_init"
+            stages = "pretraining,features,evaluation"
+            run_kedro(cwd, ["--pipelines", stages, "--namespaces", namespaces], params)
             metrics = {
                 key: json.loads((cwd / f"data/07_model_output/{key}/metrics.json").read_text())
-                for key in ("ijepa", "random_init")
+                for key in (method, "random_init")
             }
-            return row(name, metrics)
+            history = pd.read_csv(cwd / f"data/07_model_output/{method}/training_history.csv")
+            return row(name, method, metrics, float(history["elapsed_s"].iloc[-1]))
 
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one, chosen.items()))
     print(
-        "| variant | I-JEPA linear | 1-shot | 5-shot | kNN | random linear | 1-shot | 5-shot | kNN |"
+        f"| variant | {method} linear | 1-shot | 5-shot | kNN "
+        "| random linear | 1-shot | 5-shot | kNN | pretraining (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

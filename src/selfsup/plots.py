@@ -112,8 +112,15 @@ def plot_comparison(comparison: pd.DataFrame) -> plt.Figure:
     ax.set_xticks(positions, names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Frozen-feature evaluation per method and baseline")
-    ax.legend(ncol=len(protocols), fontsize=8, loc="lower center")
+    ax.set_title("Frozen-feature evaluation per method and baseline", pad=28)
+    # Above the axes: inside, the legend would hide the bars it explains.
+    ax.legend(
+        ncol=len(protocols),
+        fontsize=8,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        frameon=False,
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
