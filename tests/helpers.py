@@ -60,3 +60,25 @@ def block_dim_bounds(
     w_min = expected_block_dims(s_lo, a_hi, grid)[1]
     w_max = expected_block_dims(s_hi, a_lo, grid)[1]
     return h_min, h_max, w_min, w_max
+
+
+# Parameter overrides (nested, on top of conf/base) that make a whole `kedro run` or
+# `dvc repro` take seconds: one epoch, a 32-wide 1-block encoder, small heads.
+_TINY_TRAINING = {"epochs": 1, "warmup_epochs": 0, "batch_size": 32}
+TINY_RUN = {
+    "ijepa": {
+        "training": _TINY_TRAINING,
+        "hyperparameters": {"predictor": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
+    },
+    "mae": {
+        "training": _TINY_TRAINING,
+        "hyperparameters": {"decoder": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
+    },
+    "simclr": {
+        "training": _TINY_TRAINING,
+        "hyperparameters": {"projection_head": {"hidden_dim": 32, "out_dim": 16}},
+    },
+    "encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+    "masking": {"stats_num_masks": 1000},
+    "evaluation": {"c_grid": [0.1, 1.0], "low_shot": {"draws": 2}},
+}

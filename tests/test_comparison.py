@@ -12,7 +12,7 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 from selfsup.comparison import comparison_frame, comparison_markdown, training_cost
-from selfsup.pipelines.evaluation.nodes import compare_methods
+from selfsup.pipelines.report.nodes import compare_methods
 from selfsup.plots import plot_comparison
 
 

@@ -31,8 +31,12 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
-    def __init__(self, filepath: str, mmap_mode: str | None = None) -> None:
+    def __init__(
+        self, filepath: str, mmap_mode: str | None = None, metadata: dict | None = None
+    ) -> None:
         self._filepath = Path(filepath)
+        # Not used here; plugins such as kedro-viz read it (its layer).
+        self.metadata = metadata
         self._mmap_mode = mmap_mode
 
     def load(self) -> np.ndarray:
@@ -59,8 +63,9 @@ class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
 class EncoderDataset(AbstractDataset[dict, dict]):
     """Saves and loads `{"state_dict": {name: tensor}, "config": {...plain values}}`."""
 
-    def __init__(self, filepath: str) -> None:
+    def __init__(self, filepath: str, metadata: dict | None = None) -> None:
         self._filepath = Path(filepath)
+        self.metadata = metadata
 
     def load(self) -> dict:
         if not self._filepath.exists():

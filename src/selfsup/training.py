@@ -73,11 +73,13 @@ def train(
     seed: int,
     description: str = "pretrain",
     on_epoch_end: Callable[[int, PretrainingMethod], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """Pretrain `method` on normalized images (N, C, H, W); returns per-step history.
 
     Every random choice (shuffling, masks, crops) derives from `seed`. `on_epoch_end`
-    is called with the finished epoch's index and the method (e.g. to probe it).
+    is called with the finished epoch's index and the method (e.g. to probe it);
+    `on_step` with each step's history row as it is recorded (e.g. to log it live).
     """
     if images.shape[0] < config.batch_size:
         raise ValueError(
@@ -142,18 +144,19 @@ def train(
             logged = method.after_optimizer_step(step, total_steps)
 
             elapsed = time.perf_counter() - start
-            history.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": loss_value,
-                    "lr": lr,
-                    "weight_decay": weight_decay,
-                    **logged,
-                    "images_seen": (step + 1) * config.batch_size,
-                    "elapsed_s": elapsed,
-                }
-            )
+            row = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss_value,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                **logged,
+                "images_seen": (step + 1) * config.batch_size,
+                "elapsed_s": elapsed,
+            }
+            history.append(row)
+            if on_step is not None:
+                on_step(row)
             step += 1
             progress.update(1)
             progress.set_postfix(

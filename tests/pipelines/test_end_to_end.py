@@ -31,11 +31,13 @@ from selfsup.data.preprocessing import to_model_input
 from selfsup.data.sources import load_source
 from selfsup.evaluation import encoder_features
 from selfsup.models.vit import encoder_from_checkpoint
-from tests.helpers import expected_block_dims
+from tests.helpers import TINY_RUN, expected_block_dims
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("ijepa", "mae", "simclr")
 NAMES = (*METHODS, "raw_pixels", "random_init")
+PIPELINES = {"ingestion", "masking", "pretraining", "features", "evaluation", "report"}
+PIPELINES |= {"__default__"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_FOLDERS = (
     "01_raw",
@@ -47,24 +49,6 @@ DATA_FOLDERS = (
     "07_model_output",
     "08_reporting",
 )
-TINY_TRAINING = {"epochs": 1, "warmup_epochs": 0, "batch_size": 32}
-TINY_RUN = {
-    "ijepa": {
-        "training": TINY_TRAINING,
-        "hyperparameters": {"predictor": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
-    },
-    "mae": {
-        "training": TINY_TRAINING,
-        "hyperparameters": {"decoder": {"embed_dim": 16, "num_heads": 2, "depth": 1}},
-    },
-    "simclr": {
-        "training": TINY_TRAINING,
-        "hyperparameters": {"projection_head": {"hidden_dim": 32, "out_dim": 16}},
-    },
-    "encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
-    "masking": {"stats_num_masks": 1000},
-    "evaluation": {"c_grid": [0.1, 1.0], "low_shot": {"draws": 2}},
-}
 
 
 def make_project_copy(dest: Path) -> Path:
@@ -219,6 +203,18 @@ def test_training_history(data, samples, method):
     assert ("momentum" in history) == (method == "ijepa")
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_dvclive_logged_the_same_curves_as_the_history(data, method):
+    history = pd.read_csv(data / "07_model_output" / method / "training_history.csv")
+    curves = data / "08_reporting" / method / "dvclive" / "plots" / "metrics" / "train"
+    logged = {path.stem for path in curves.glob("*.tsv")}
+    assert logged == {"loss", "lr", "weight_decay"} | ({"momentum"} if method == "ijepa" else set())
+    for name in logged:
+        curve = pd.read_csv(curves / f"{name}.tsv", sep="\t")
+        assert curve["step"].tolist() == history["step"].tolist()
+        np.testing.assert_allclose(curve[name], history[name], rtol=1e-6)
+
+
 def test_ijepa_momentum_follows_the_configured_schedule(data):
     history = pd.read_csv(data / "07_model_output" / "ijepa" / "training_history.csv")
     pretraining = yaml.safe_load(
@@ -339,7 +335,9 @@ def test_one_namespace_runs_alone(tiny_run, tmp_path):
         for path in data_files(project)
         if path.stat().st_mtime_ns != before.get(path)
     }
-    assert changed == {
+    live_logs = {path for path in changed if path.startswith("08_reporting/mae/dvclive/")}
+    assert "08_reporting/mae/dvclive/plots/metrics/train/loss.tsv" in live_logs
+    assert changed - live_logs == {
         "06_models/mae/encoder.pt",
         "07_model_output/mae/training_history.csv",
         "08_reporting/mae/loss_curve.png",
@@ -378,11 +376,35 @@ def test_registry_lists_every_pipeline(tmp_path):
     listed = {
         line.strip()[2:] for line in result.stdout.splitlines() if line.strip().startswith("- ")
     }
-    assert listed >= {
-        "ingestion",
-        "masking",
-        "pretraining",
-        "features",
-        "evaluation",
-        "__default__",
+    assert listed == PIPELINES
+
+
+def test_kedro_viz_build_shows_every_pipeline_namespace_and_preview(tiny_run, tmp_path):
+    # `kedro viz build` exits 0 even when it fails, so the test reads what it wrote.
+    project = tmp_path / "project"
+    shutil.copytree(tiny_run[0], project)
+    result = kedro(project, "viz", "build", "--include-previews")
+    assert result.returncode == 0, result.stderr[-3000:]
+    api = project / "build" / "api"
+    assert (api / "main").is_file(), (result.stdout + result.stderr)[-3000:]
+    main = read_json(api / "main")
+    assert {p["id"] for p in main["pipelines"]} == PIPELINES
+    assert set(NAMES) <= set(main["modular_pipelines"])
+    # kedro-viz orders layers by the data flow.
+    layers = main["layers"]
+    assert set(layers) == {
+        "intermediate",
+        "model_input",
+        "models",
+        "feature",
+        "model_output",
+        "reporting",
     }
+    assert layers[0] == "intermediate" and layers[-1] == "reporting"
+    ids = {node["name"]: node["id"] for node in main["nodes"]}
+    metrics = read_json(api / "nodes" / ids["metrics"])
+    assert metrics["preview_type"] == "JSONPreview"
+    assert set(json.loads(metrics["preview"])) == set(NAMES)
+    for name in ("comparison_chart", "mask_preview", *(f"{m}.loss_curve" for m in METHODS)):
+        assert read_json(api / "nodes" / ids[name])["preview_type"] == "ImagePreview", name
+    assert read_json(api / "nodes" / ids["comparison"])["preview_type"] == "TablePreview"

@@ -1,7 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import BASELINES, PRETRAINED
-from selfsup.pipelines.evaluation.nodes import collect_metrics, compare_methods, evaluate
+from selfsup.pipelines.evaluation.nodes import evaluate
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -23,23 +23,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         )
         for name in names
     ]
-    report = Pipeline(
-        [
-            node(
-                collect_metrics,
-                {name: f"{name}_metrics" for name in names},
-                "metrics",
-                name="collect_metrics",
-            ),
-            node(
-                compare_methods,
-                {
-                    "metrics": "metrics",
-                    **{name: f"{name}.training_history" for name in PRETRAINED},
-                },
-                ["comparison", "comparison_report", "comparison_chart"],
-                name="compare_methods",
-            ),
-        ]
-    )
-    return sum(per_feature_set, report)
+    return sum(per_feature_set, Pipeline([]))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+from functools import wraps
+
 import numpy as np
 import pandas as pd
 import torch
+from dvclive import Live
 from matplotlib.figure import Figure
 
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
@@ -23,8 +28,12 @@ def pretrain(
     masking: MaskingConfig,
     pretraining: PretrainingConfig,
     seed: int,
+    live_dir: str | None = None,
 ) -> tuple[dict, pd.DataFrame]:
-    """Train on unlabelled train-split images; return the evaluation encoder and history."""
+    """Train on unlabelled train-split images; return the evaluation encoder and history.
+
+    With `live_dir`, every step's loss and schedules are also logged there with dvclive
+    as training goes (the DVC stage declares them as plots)."""
     train_images = model_input_images[samples["split"].to_numpy() == "train"]
     torch.manual_seed(seed)
     method = build_method(
@@ -35,17 +44,47 @@ def pretrain(
         in_chans=train_images.shape[-1],
         normalization=normalization,
     )
-    history = train(
-        method,
-        to_model_input(train_images, normalization),
-        pretraining.training,
-        seed,
-        description=pretraining.method,
-    )
+    # dvcyaml=False: dvc.yaml declares the plots; save_dvc_exp=False: `dvc exp run`,
+    # not the logger, records experiments.
+    live = Live(live_dir, dvcyaml=False, save_dvc_exp=False) if live_dir else nullcontext()
+    with live:
+        history = train(
+            method,
+            to_model_input(train_images, normalization),
+            pretraining.training,
+            seed,
+            description=pretraining.method,
+            on_step=_live_logger(live) if live_dir else None,
+        )
     checkpoint = encoder_checkpoint(
         method.evaluation_encoder(), encoder, masking.image_size, masking.patch_size
     )
     return checkpoint, history
+
+
+def pretrain_logging_to(live_dir: str) -> Callable[..., tuple[dict, pd.DataFrame]]:
+    """`pretrain` with its dvclive folder bound. Unlike functools.partial, the result
+    keeps `pretrain`'s name and type hints, which Kedro needs to validate parameters."""
+
+    @wraps(pretrain)
+    def pretrain_logged(*args, **kwargs):
+        return pretrain(*args, **kwargs, live_dir=live_dir)
+
+    return pretrain_logged
+
+
+# Per-step columns of the history that are bookkeeping, not curves.
+_NOT_CURVES = {"step", "epoch", "images_seen", "elapsed_s"}
+
+
+def _live_logger(live: Live) -> Callable[[dict], None]:
+    def log(row: dict) -> None:
+        for name, value in row.items():
+            if name not in _NOT_CURVES:
+                live.log_metric(f"train/{name}", value)
+        live.next_step()
+
+    return log
 
 
 def plot_history(training_history: pd.DataFrame, pretraining: PretrainingConfig) -> Figure:

@@ -1,10 +1,13 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import PRETRAINED
-from selfsup.pipelines.pretraining.nodes import plot_history, pretrain
+from selfsup.pipelines.pretraining.nodes import plot_history, pretrain_logging_to
 
 SHARED_INPUTS = {"model_input_images", "samples", "normalization"}
 SHARED_PARAMETERS = {"params:encoder", "params:masking", "params:seed"}
+# dvclive's folder per method, relative to the project root like the catalog's paths;
+# dvc.yaml declares its plots.
+TRAINING_LOG_DIR = "data/08_reporting/{namespace}/dvclive"
 
 
 def method_pipeline(namespace: str) -> Pipeline:
@@ -12,7 +15,7 @@ def method_pipeline(namespace: str) -> Pipeline:
     template = Pipeline(
         [
             node(
-                pretrain,
+                pretrain_logging_to(TRAINING_LOG_DIR.format(namespace=namespace)),
                 [
                     "model_input_images",
                     "samples",
