@@ -9,12 +9,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
+from selfsup.config import EncoderConfig, FeatureConfig, IngestionConfig, MaskingConfig
 from selfsup.data.preprocessing import to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
 from selfsup.pipelines.features.nodes import random_init_features, raw_pixel_features
-from selfsup.pipelines.ingestion.nodes import report_dataset
+from selfsup.pipelines.ingestion.nodes import ingest_images, report_dataset
 from selfsup.pipelines.masking.nodes import (
     compute_normalization,
     describe_patch_grid,
@@ -49,6 +49,25 @@ def test_normalization_uses_the_train_split_only(small_set):
     train = images[:6].astype(np.float64) / 255
     assert stats["mean"] == [pytest.approx(train.mean())]
     assert stats["std"] == [pytest.approx(train.std())]
+
+
+def test_ingestion_node_reads_an_array_file_with_string_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
+    names = np.array(["cat", "dog"])[np.arange(40) % 2]
+    path = tmp_path / "set.npz"
+    np.savez(path, pixels=images, classes=names)
+    config = IngestionConfig(
+        source="arrays",
+        options={"path": str(path), "images_key": "pixels", "labels_key": "classes"},
+    )
+
+    ingested, samples = ingest_images(config, seed=0)
+
+    np.testing.assert_array_equal(ingested, images)
+    assert samples["class_name"].tolist() == names.tolist()
+    assert samples["label"].tolist() == [int(n == "dog") for n in names]
+    assert set(samples["split"]) == {"train", "val", "test"}
 
 
 def test_report_dataset_counts(small_set):

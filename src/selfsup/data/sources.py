@@ -1,34 +1,17 @@
 """Image sources, looked up by name from `ingestion.source`.
 
-A source is a function `options -> ImageSet`; adding one (image folders, array files)
-means adding a function to `SOURCES`, not changing the pipeline.
+A source is a function `options -> ImageSet`; adding one (image folders, say) means
+adding a function to `SOURCES`, not changing the pipeline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ImageSet:
-    """uint8 images (N, H, W, C), int64 labels (N,) and one name per class index."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-
-    def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
-            )
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images"
-            )
+from selfsup.data.array_sources import load_arrays, load_cifar
+from selfsup.data.image_set import ImageSet
 
 
 def load_digits(options: dict) -> ImageSet:
@@ -50,7 +33,13 @@ def load_digits(options: dict) -> ImageSet:
     )
 
 
-SOURCES: dict[str, Callable[[dict], ImageSet]] = {"digits": load_digits}
+SOURCES: dict[str, Callable[[dict], ImageSet]] = {
+    "digits": load_digits,
+    "arrays": load_arrays,
+    "cifar": load_cifar,
+}
+
+__all__ = ["SOURCES", "ImageSet", "load_digits", "load_source"]
 
 
 def load_source(name: str, options: dict) -> ImageSet:

@@ -1,0 +1,259 @@
+"""Sources that read images already stored as arrays: `.npy`/`.npz` files and CIFAR.
+
+Both validate what they read and fail with the file, the problem and the fix before
+any training starts. Neither executes code from the file: `.npy`/`.npz` are read with
+`allow_pickle=False`, and CIFAR's pickled batches go through `RestrictedUnpickler`,
+which builds only plain containers and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, ValidationError
+
+from selfsup.config import StrictModel
+from selfsup.data.image_set import ImageSet
+
+
+class ArraysOptions(StrictModel):
+    """`ingestion.options` of the `arrays` source."""
+
+    path: str
+    images_key: str = "images"  # array name inside an .npz
+    labels_key: str = "labels"  # array name inside an .npz
+    labels_path: str | None = None  # a separate .npy of labels, beside an .npy of images
+
+
+class CifarOptions(StrictModel):
+    """`ingestion.options` of the `cifar` source: the folder of the "python version"."""
+
+    path: str
+    label_mode: Literal["fine", "coarse"] = "fine"  # CIFAR-100 only
+    batches: list[str] | None = Field(None, min_length=1)  # default: every batch present
+
+
+def parse_options(model: type[StrictModel], source: str, options: dict) -> Any:
+    try:
+        return model(**options)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"ingestion.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+        )
+        raise ValueError(f"the {source} source: {problems}") from None
+
+
+def as_uint8_images(images: np.ndarray, path: Path) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8, or float in [0, 1], as uint8 (N, H, W, C)."""
+    shape = images.shape
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(
+            f"{path}: images have shape {shape}; expected (N, H, W) or (N, H, W, C) "
+            "with N >= 1 and C = 1 or 3 (drop an alpha channel first)"
+        )
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    if np.issubdtype(images.dtype, np.floating):
+        low, high = float(np.nanmin(images)), float(np.nanmax(images))
+        if not np.isfinite(images).all() or low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{path}: float images must be finite and in [0, 1], found values in "
+                f"[{low}, {high}]; rescale them to [0, 1] or store uint8 0..255"
+            )
+        return np.rint(np.asarray(images, dtype=np.float64) * 255.0).astype(np.uint8)
+    raise ValueError(
+        f"{path}: images have dtype {images.dtype}; store them as uint8 (0..255) or as "
+        "float in [0, 1]"
+    )
+
+
+def indexed_labels(labels: np.ndarray, num_images: int, path: Path) -> tuple[np.ndarray, list]:
+    """Integer or string labels as indices 0..K-1 (sorted by value) and the K class names."""
+    labels = np.asarray(labels)
+    if labels.shape != (num_images,):
+        raise ValueError(
+            f"{path}: labels have shape {labels.shape} but there are {num_images} images; "
+            "store one label per image"
+        )
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype.kind in "US"):
+        raise ValueError(f"{path}: labels have dtype {labels.dtype}; store integers or strings")
+    classes, indices = np.unique(labels, return_inverse=True)
+    names = [name.decode() if isinstance(name, bytes) else str(name) for name in classes]
+    if len(classes) < 2:
+        raise ValueError(
+            f"{path}: every image has the label {names[0]!r}; the probes need at least two classes"
+        )
+    return indices.astype(np.int64), names
+
+
+def unpickling_refused(path: Path, error: ValueError) -> ValueError:
+    return ValueError(
+        f"{path}: cannot be read without unpickling ({error}); save it with numpy arrays "
+        "of numbers or strings, not Python objects"
+    )
+
+
+def load_array(path: Path, what: str) -> np.ndarray | np.lib.npyio.NpzFile:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist; check ingestion.options")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise unpickling_refused(path, error) from None
+
+
+def npz_member(archive: np.lib.npyio.NpzFile, key: str, option: str, path: Path) -> np.ndarray:
+    if key not in archive.files:
+        raise KeyError(
+            f"{path} has no array {key!r} (it holds {sorted(archive.files)}); set "
+            f"ingestion.options.{option} to one of those"
+        )
+    try:
+        return archive[key]
+    except ValueError as error:
+        raise unpickling_refused(path, error) from None
+
+
+def load_arrays(options: dict) -> ImageSet:
+    """Images and labels from one `.npz` (named arrays) or an `.npy` plus a labels `.npy`."""
+    config: ArraysOptions = parse_options(ArraysOptions, "arrays", options)
+    path = Path(config.path)
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"{path}: the arrays source reads .npy or .npz files")
+    labels_file = path
+    if path.suffix == ".npz":
+        with load_array(path, "images") as archive:
+            images = npz_member(archive, config.images_key, "images_key", path)
+            labels = npz_member(archive, config.labels_key, "labels_key", path)
+    else:
+        if config.labels_path is None:
+            raise ValueError(
+                f"{path} holds only images; give their labels as an .npy in "
+                "ingestion.options.labels_path (or store both in one .npz)"
+            )
+        labels_file = Path(config.labels_path)
+        if labels_file.suffix != ".npy":
+            raise ValueError(f"{labels_file}: ingestion.options.labels_path must be an .npy")
+        images = load_array(path, "images")
+        labels = load_array(labels_file, "labels")
+    images = as_uint8_images(images, path)
+    indices, class_names = indexed_labels(labels, images.shape[0], labels_file)
+    return ImageSet(images=images, labels=indices, class_names=class_names)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, numbers and numpy arrays; any other global (the way a
+    crafted pickle runs code, e.g. `os.system`) raises instead of being imported.
+
+    Allowed: numpy's array and dtype rebuilders (old and numpy 2 module names, in-band
+    protocol-5 buffers) and `_codecs.encode`, with which Python 3 pickles bytes under
+    protocols 0-2; none of them can reach arbitrary code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: CIFAR batches hold only arrays, lists "
+                "and strings, so this file is not a CIFAR batch or has been tampered with"
+            )
+        return super().find_class(module, name)
+
+
+def restricted_load(path: Path) -> Any:
+    with path.open("rb") as handle:
+        # The original batches were pickled by Python 2: their strings are bytes.
+        return RestrictedUnpickler(handle, encoding="bytes").load()
+
+
+CIFAR_LAYOUTS = {
+    # batch files, labels key per label mode, meta file and its class-name key per mode
+    "cifar-10": (
+        [
+            "data_batch_1",
+            "data_batch_2",
+            "data_batch_3",
+            "data_batch_4",
+            "data_batch_5",
+            "test_batch",
+        ],
+        {"fine": b"labels", "coarse": b"labels"},
+        "batches.meta",
+        {"fine": b"label_names", "coarse": b"label_names"},
+    ),
+    "cifar-100": (
+        ["train", "test"],
+        {"fine": b"fine_labels", "coarse": b"coarse_labels"},
+        "meta",
+        {"fine": b"fine_label_names", "coarse": b"coarse_label_names"},
+    ),
+}
+
+
+def load_cifar(options: dict) -> ImageSet:
+    """CIFAR-10 or CIFAR-100 from the "python version" folder (train and test batches
+    together: the pipeline makes its own split)."""
+    config: CifarOptions = parse_options(CifarOptions, "cifar", options)
+    root = Path(config.path)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"CIFAR folder {root} does not exist; set ingestion.options.path to the "
+            "extracted cifar-10-batches-py or cifar-100-python folder"
+        )
+    layout = "cifar-10" if (root / "batches.meta").is_file() else "cifar-100"
+    default_batches, label_keys, meta_name, name_keys = CIFAR_LAYOUTS[layout]
+    if not (root / meta_name).is_file():
+        raise FileNotFoundError(
+            f"{root} has neither batches.meta (CIFAR-10) nor meta (CIFAR-100); point "
+            "ingestion.options.path at the extracted python-version folder"
+        )
+    names = config.batches or [b for b in default_batches if (root / b).is_file()]
+    if not names:
+        raise FileNotFoundError(
+            f"{root} holds none of the {layout} batches {default_batches}; point "
+            "ingestion.options.path at the extracted python-version folder"
+        )
+    images, labels = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"CIFAR batch {path} does not exist")
+        batch = restricted_load(path)
+        label_key = label_keys[config.label_mode]
+        if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+            raise ValueError(f"{path}: not a {layout} batch (no data or {label_key!r})")
+        data = np.asarray(batch[b"data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+        # Rows are channel-major (1024 red, 1024 green, 1024 blue values).
+        batch_labels = np.asarray(batch[label_key], dtype=np.int64)
+        if batch_labels.shape != (data.shape[0],):
+            raise ValueError(
+                f"{path}: {batch_labels.size} labels for {data.shape[0]} images; the batch "
+                "is incomplete or corrupt, download it again"
+            )
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(batch_labels)
+    meta = restricted_load(root / meta_name)
+    class_names = [n.decode() for n in meta[name_keys[config.label_mode]]]
+    all_labels = np.concatenate(labels)
+    if all_labels.min() < 0 or all_labels.max() >= len(class_names):
+        raise ValueError(f"{root}: labels outside 0..{len(class_names) - 1}")
+    return ImageSet(
+        images=np.ascontiguousarray(np.concatenate(images)),
+        labels=all_labels,
+        class_names=class_names,
+    )
