@@ -58,7 +58,8 @@ CONFIG_LOADER_ARGS = {
 # conf/base/parameters_pretraining.yml whose `method` names an implementation in
 # selfsup.methods.METHODS; two namespaces may run the same method with different
 # hyperparameters. Adding a method: one module registered with
-# selfsup.methods.register_method, one parameter block, and its name here.
+# selfsup.methods.register_method, one parameter block, its name here and in the method
+# lists of dvc.yaml (DVC cannot read this tuple).
 PRETRAINED_NAMESPACES = ("ijepa", "mae", "simclr")
 # Feature sets every method is compared with, in the same run and protocol.
 BASELINE_NAMESPACES = ("raw_pixels", "random_init")
