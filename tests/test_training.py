@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from selfsup.data.preprocessing import NormalizedImages, to_model_input
+from selfsup.evaluation import encoder_features
 from selfsup.training import (
     NonFiniteLossError,
     parameter_groups,
@@ -224,3 +226,50 @@ def test_random_resized_crops_are_per_image_and_seeded():
     torch.manual_seed(5)
     random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
     assert torch.equal(torch.rand(1), expected_next)
+
+
+def test_memory_mapped_batches_train_exactly_like_the_tensor(tmp_path):
+    """Reading each batch from a memory-mapped uint8 .npy (datasets larger than memory)
+    gives the same losses and weights as the whole normalized tensor."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    rows = np.arange(40) % 5 != 0  # 32 pretraining rows
+    normalization = {"mean": [0.4], "std": [0.25]}
+
+    method_a, _, history_a = run(to_model_input(images[rows], normalization), crop_scale=(0.5, 1))
+    method_b, _, history_b = run(NormalizedImages(mapped, normalization, rows), crop_scale=(0.5, 1))
+    assert history_a["loss"].tolist() == history_b["loss"].tolist()
+    for (name, a), (_, b) in zip(
+        method_a.state_dict().items(), method_b.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+class RowCountingArray:
+    """A uint8 (N, H, W, C) array that records how many rows each read takes, standing
+    in for a memory-mapped file larger than memory."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._images = images
+        self.shape, self.dtype = images.shape, images.dtype
+        self.reads: list[int] = []
+
+    def __getitem__(self, index):
+        rows = self._images[index]
+        self.reads.append(len(rows))
+        return rows
+
+
+def test_training_and_feature_extraction_read_one_batch_of_rows_at_a_time():
+    images = RowCountingArray(np.random.default_rng(6).integers(0, 256, (64, 16, 16, 1), np.uint8))
+    view = NormalizedImages(images, {"mean": [0.5], "std": [0.2]})
+    method, config, _ = run(view, batch_size=16)
+    assert images.reads and max(images.reads) == 16
+    assert len(images.reads) == config.epochs * 64 // 16
+
+    images.reads.clear()
+    features = encoder_features(method.target_encoder, view, batch_size=24)
+    assert features.shape[0] == 64
+    assert images.reads == [24, 24, 16]

@@ -70,23 +70,47 @@ class SplitConfig(StrictModel):
         return self
 
 
-class IngestionConfig(StrictModel):
-    """Where images come from. `source` is looked up in `selfsup.data.sources.SOURCES`."""
+def _known_source_name(name: str, key: str) -> str:
+    from selfsup.data.sources import SOURCES
 
-    source: str = "digits"
+    if name not in SOURCES:
+        raise ValueError(
+            f"unknown source {name!r} in ingestion.{key}; choose one of {sorted(SOURCES)}"
+        )
+    return name
+
+
+class EvalSourceConfig(StrictModel):
+    """A second, labelled source whose images the probes are trained and scored on."""
+
+    source: str
     options: dict = Field(default_factory=dict)
-    split: SplitConfig = SplitConfig()
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, name: str) -> str:
-        from selfsup.data.sources import SOURCES
+        return _known_source_name(name, "eval_source.source")
 
-        if name not in SOURCES:
-            raise ValueError(
-                f"unknown source {name!r} in ingestion.source; choose one of {sorted(SOURCES)}"
-            )
-        return name
+
+class IngestionConfig(StrictModel):
+    """Where images come from. `source` is looked up in `selfsup.data.sources.SOURCES`.
+
+    Without `eval_source`, a labelled source is split into train (pretrained on and
+    probed), val and test; an unlabelled one can only be pretrained on. With
+    `eval_source`, every image of `source` (labelled or not) is pretrained on and
+    `eval_source` is split for the probes."""
+
+    source: str = "digits"
+    options: dict = Field(default_factory=dict)
+    eval_source: EvalSourceConfig | None = None
+    split: SplitConfig = SplitConfig()
+    # More rejected files than this fraction of all files is an error, not a warning.
+    max_rejected_fraction: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, name: str) -> str:
+        return _known_source_name(name, "source")
 
 
 class MultiBlockConfig(StrictModel):

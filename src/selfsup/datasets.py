@@ -1,6 +1,8 @@
 """Two small Kedro datasets that kedro-datasets does not offer.
 
-- `NumpyDataset`: one array in `.npy` (no pickles), optionally memory-mapped on load.
+- `NumpyDataset`: one array in `.npy` (no pickles), optionally memory-mapped on load;
+  saves arrays, memory-mapped arrays and lazy `ChunkedImages` a chunk at a time, so
+  an image array larger than memory passes through it.
 - `EncoderDataset`: encoder weights plus the configuration that rebuilds the encoder,
   in a `torch.save` file whose contents are plain tensors, strings and numbers, so
   it loads with `torch.load(weights_only=True)` and cannot run code.
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
+from selfsup.data.chunked import ChunkedImages, write_npy
+
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write to a hidden temporary file beside `path`, then rename it over `path`."""
@@ -30,7 +34,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
+class NumpyDataset(AbstractDataset[np.ndarray | ChunkedImages, np.ndarray]):
     def __init__(
         self, filepath: str, mmap_mode: str | None = None, metadata: dict | None = None
     ) -> None:
@@ -44,14 +48,12 @@ class NumpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
             raise DatasetError(f"{self._filepath} does not exist; run the pipeline that writes it")
         return np.load(self._filepath, mmap_mode=self._mmap_mode, allow_pickle=False)
 
-    def save(self, data: np.ndarray) -> None:
-        array = np.asarray(data)
-
-        def write(tmp: Path) -> None:
-            with tmp.open("wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-
-        _atomic_write(self._filepath, write)
+    def save(self, data: np.ndarray | ChunkedImages) -> None:
+        if not isinstance(data, (np.ndarray, ChunkedImages)):
+            data = np.asarray(data)
+        if isinstance(data, np.ndarray) and data.dtype.hasobject:
+            raise DatasetError(f"{self._filepath}: refusing to save an object array (pickles)")
+        _atomic_write(self._filepath, lambda tmp: write_npy(tmp, data))
 
     def _exists(self) -> bool:
         return self._filepath.exists()

@@ -9,13 +9,14 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from selfsup.config import EvaluationConfig
+from selfsup.data.preprocessing import NormalizedImages
 from selfsup.models import VisionTransformerEncoder
 
 
 @torch.no_grad()
 def encoder_features(
     encoder: VisionTransformerEncoder,
-    images: torch.Tensor,
+    images: torch.Tensor | NormalizedImages,
     pooling: str = "last",
     batch_size: int = 256,
 ) -> np.ndarray:
@@ -75,6 +76,21 @@ def few_shot_indices(labels: np.ndarray, shots: int, rng: np.random.Generator) -
     return np.concatenate(picked)
 
 
+def check_enough_labels(labels: np.ndarray, splits: np.ndarray, config: EvaluationConfig) -> None:
+    """Every class needs as many train images as the largest low-shot draw; said up
+    front (the hooks call this right after ingestion) rather than after pretraining."""
+    train = labels[splits == "train"]
+    counts = {int(label): int((train == label).sum()) for label in np.unique(labels)}
+    fewest_label = min(counts, key=counts.get)
+    most_shots = max(config.low_shot.shots)
+    if counts[fewest_label] < most_shots:
+        raise ValueError(
+            f"class {fewest_label} has {counts[fewest_label]} train images, fewer than "
+            f"evaluation.low_shot.shots={most_shots}; remove that value from "
+            "evaluation.low_shot.shots or add labelled images"
+        )
+
+
 def knn_accuracy(
     train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int
 ) -> float:
@@ -96,6 +112,7 @@ def evaluate_features(
     are available without labels in every protocol). C is chosen on the val split
     from `config.c_grid`, for the full probe and for each low-shot draw.
     """
+    check_enough_labels(labels, splits, config)
     scaler = StandardScaler().fit(features[splits == "train"])
     x = scaler.transform(features).astype(np.float32)
     part = {name: (x[splits == name], labels[splits == name]) for name in ("train", "val", "test")}

@@ -14,10 +14,18 @@ class MissingInputsError(RuntimeError):
 
 
 class ReportHooks:
-    """Checks a partial run's inputs up front; logs the comparison table at the end."""
+    """Checks a partial run's inputs up front, stops a run that would probe unlabelled
+    images before it trains, and logs the comparison table at the end."""
+
+    def __init__(self) -> None:
+        self._probes_in_run = False
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        self._probes_in_run = any(
+            "samples" in node.inputs and any(out.endswith("features") for out in node.outputs)
+            for node in pipeline.nodes
+        )
         missing = sorted(
             name
             for name in pipeline.inputs()
@@ -40,6 +48,27 @@ class ReportHooks:
             f"create them with `kedro run --pipelines {','.join(producers)}` "
             "(or run everything with `kedro run`), then repeat this command"
         )
+
+    @hook_impl
+    def after_node_run(self, node, catalog, outputs: dict) -> None:
+        # Right after ingestion, not after hours of pretraining, when the probes would
+        # find no labels or too few per class.
+        if node.name == "check_rejected_files" and self._probes_in_run:
+            from selfsup.config import EvaluationConfig
+            from selfsup.data.splits import evaluated_rows
+            from selfsup.evaluation import check_enough_labels
+            from selfsup.pipelines.features.nodes import NoLabelledImagesError, no_labels_message
+
+            samples = outputs["samples"]
+            labelled = samples[evaluated_rows(samples)]
+            if labelled.empty:
+                raise NoLabelledImagesError(no_labels_message())
+            evaluation = catalog.load("params:evaluation")
+            if not isinstance(evaluation, EvaluationConfig):
+                evaluation = EvaluationConfig(**evaluation)
+            check_enough_labels(
+                labelled["label"].to_numpy(), labelled["split"].to_numpy(), evaluation
+            )
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from selfsup.config import TrainingConfig
+from selfsup.data.preprocessing import NormalizedImages
 from selfsup.methods.base import PretrainingMethod
 from selfsup.schedules import cosine_schedule, warmup_cosine_schedule
 
@@ -68,7 +69,7 @@ def random_resized_crops(
 
 def train(
     method: PretrainingMethod,
-    images: torch.Tensor,
+    images: torch.Tensor | NormalizedImages,
     config: TrainingConfig,
     seed: int,
     description: str = "pretrain",
@@ -76,6 +77,9 @@ def train(
     on_step: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """Pretrain `method` on normalized images (N, C, H, W); returns per-step history.
+
+    `images` is a tensor (moved to the device whole) or `NormalizedImages`, which reads
+    each batch from a (memory-mapped) uint8 array, for datasets larger than memory.
 
     Every random choice (shuffling, masks, crops) derives from `seed`. `on_epoch_end`
     is called with the finished epoch's index and the method (e.g. to probe it);
@@ -90,7 +94,8 @@ def train(
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     method.to(device)
-    images = images.to(device)
+    if isinstance(images, torch.Tensor):
+        images = images.to(device)
     use_bf16 = device.type == "cuda"
 
     groups = parameter_groups(method)
@@ -124,7 +129,11 @@ def train(
                 if group["apply_weight_decay"]:
                     group["weight_decay"] = weight_decay
 
-            batch = images[order[batch_start : batch_start + config.batch_size].to(device)]
+            indices = order[batch_start : batch_start + config.batch_size]
+            if isinstance(images, torch.Tensor):
+                batch = images[indices.to(device)]
+            else:
+                batch = images[indices].to(device, non_blocking=True)
             if config.crop_scale is not None:
                 batch = random_resized_crops(batch, config.crop_scale, generator)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

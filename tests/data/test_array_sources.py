@@ -105,7 +105,9 @@ def cifar10_folder(root: Path, batches: dict[str, tuple[np.ndarray, list[int]]])
 
 
 def load_arrays(**options):
-    return load_source("arrays", {key: str(value) for key, value in options.items()})
+    return load_source(
+        "arrays", {key: None if value is None else str(value) for key, value in options.items()}
+    )
 
 
 def load_cifar(path: Path, **options):
@@ -238,13 +240,33 @@ def test_npy_images_with_labels_path(tmp_path):
     assert data.class_names == ["2", "4", "8"]
 
 
-def test_npy_without_labels_path_names_the_option(tmp_path):
+def test_npy_without_labels_path_is_an_unlabelled_memory_mapped_set(tmp_path):
     path = tmp_path / "images.npy"
-    np.save(path, np.zeros((3, 4, 4), np.uint8))
+    images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
+    np.save(path, images)
 
-    with pytest.raises(ValueError, match="ingestion.options.labels_path") as caught:
-        load_arrays(path=path)
-    assert str(path) in str(caught.value)
+    data = load_arrays(path=path)
+    assert not data.labelled and data.class_names == []
+    assert data.labels.tolist() == [-1, -1, -1]
+    np.testing.assert_array_equal(data.images[..., 0], images)
+    # Read through a read-only map of the file, not copied into memory.
+    assert isinstance(data.images.base, np.memmap) or isinstance(data.images, np.memmap)
+    assert not data.images.flags.writeable
+    assert data.paths == [f"{path}[{i}]" for i in range(3)]
+
+
+def test_npz_with_labels_key_null_is_unlabelled(tmp_path):
+    path = tmp_path / "set.npz"
+    np.savez(path, images=np.zeros((4, 5, 5), np.uint8), labels=np.arange(4))
+    data = load_arrays(path=path, labels_key=None)
+    assert not data.labelled and (data.labels == -1).all()
+
+
+def test_npz_with_labels_path_names_labels_key(tmp_path):
+    path = tmp_path / "set.npz"
+    np.savez(path, images=np.zeros((4, 5, 5), np.uint8), labels=np.arange(4))
+    with pytest.raises(ValueError, match="labels_key"):
+        load_arrays(path=path, labels_path=tmp_path / "y.npy")
 
 
 def test_npy_with_missing_labels_file(tmp_path):
@@ -408,8 +430,9 @@ def test_a_single_class_is_refused(tmp_path, labels):
 def test_nonexistent_file(tmp_path, name):
     path = tmp_path / name
 
+    labels = {"labels_path": tmp_path / "labels.npy"} if name.endswith(".npy") else {}
     with pytest.raises(FileNotFoundError, match="does not exist") as caught:
-        load_arrays(path=path, labels_path=tmp_path / "labels.npy")
+        load_arrays(path=path, **labels)
     assert str(path) in str(caught.value)
     assert "ingestion.options" in str(caught.value)
 

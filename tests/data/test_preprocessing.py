@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.data.preprocessing import channel_statistics, resize_images, to_model_input
+from selfsup.data.preprocessing import (
+    NormalizedImages,
+    ResizedImages,
+    channel_statistics,
+    resize_images,
+    to_model_input,
+)
 
 
 def test_resize_shape_dtype_and_constant_images():
@@ -54,3 +60,39 @@ def test_channel_statistics_of_a_constant_channel_has_positive_std():
     assert stats["mean"] == [0.0]
     assert stats["std"][0] > 0
     assert torch.isfinite(to_model_input(np.zeros((1, 3, 3, 1), dtype=np.uint8), stats)).all()
+
+
+def test_resized_images_stream_the_same_pixels_as_resize_images(monkeypatch):
+    monkeypatch.setattr("selfsup.data.chunked.CHUNK_ROWS", 3)  # several chunks
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    lazy = ResizedImages(images, 20)
+    assert lazy.shape == (10, 20, 20, 3)
+    chunks = list(lazy.chunks())
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(chunks), resize_images(images, 20))
+
+
+def test_channel_statistics_of_selected_rows_match_numpy_exactly():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (50, 7, 7, 3), dtype=np.uint8)
+    rows = rng.random(50) < 0.4
+    stats = channel_statistics(images, rows)
+    pixels = images[rows].astype(np.float64) / 255.0
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=(0, 1, 2)), rtol=1e-13)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=(0, 1, 2)), rtol=1e-12)
+
+
+def test_normalized_images_read_rows_of_a_memory_mapped_array(tmp_path):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (9, 5, 6, 2), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = np.array([True, False, True, True, False, True, False, False, True])
+    stats = {"mean": [0.3, 0.6], "std": [0.2, 0.1]}
+    view = NormalizedImages(mapped, stats, rows)
+    assert len(view) == 5 and view.shape == (5, 2, 5, 6)
+    expected = to_model_input(images[rows], stats)
+    torch.testing.assert_close(view[np.array([4, 0, 2])], expected[[4, 0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(view[1:3], expected[1:3], rtol=0, atol=0)
+    torch.testing.assert_close(view[torch.tensor([3])], expected[[3]], rtol=0, atol=0)

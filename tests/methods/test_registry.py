@@ -163,6 +163,7 @@ def small_set():
         {
             "label": np.tile([0, 1, 2], 4),
             "split": ["train"] * 8 + ["val"] * 2 + ["test"] * 2,
+            "pretrain": [True] * 8 + [False] * 4,
         }
     )
     return images, samples

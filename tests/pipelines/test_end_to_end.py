@@ -132,7 +132,9 @@ def test_ingested_images_and_samples(data, samples):
     assert images.shape == (1797, 8, 8, 1)
     assert images.dtype == np.uint8
     np.testing.assert_array_equal(images, load_source("digits", {}).images)
-    assert list(samples.columns) == ["index", "label", "class_name", "split"]
+    assert list(samples.columns) == ["index", "label", "class_name", "split", "pretrain", "path"]
+    assert samples["pretrain"].tolist() == (samples["split"] == "train").tolist()
+    assert samples["path"].tolist() == [f"digits[{i}]" for i in range(1797)]
     assert len(samples) == 1797
     assert set(samples["split"]) == {"train", "val", "test"}
     assert samples["index"].tolist() == list(range(1797))
@@ -144,7 +146,11 @@ def test_dataset_report(data, samples):
     assert report["image_shape"] == [8, 8, 1]
     assert report["num_classes"] == 10
     assert sum(report["split_counts"].values()) == 1797
-    assert report["split_counts"] == samples["split"].value_counts().to_dict()
+    assert report["split_counts"] == {**samples["split"].value_counts().to_dict(), "pretrain": 0}
+    assert report["num_pretraining_images"] == report["split_counts"]["train"]
+    assert report["files"] == [
+        {"key": "source", "source": "digits", "accepted": 1797, "rejected": 0, "ignored": 0}
+    ]
     assert sum(sum(c.values()) for c in report["class_counts"].values()) == 1797
     # 0.2 / 0.2 stratified split of 1797 images.
     assert abs(report["split_counts"]["test"] - 0.2 * 1797) <= 1

@@ -36,6 +36,7 @@ def small_set():
             "label": np.tile([0, 1, 2], 4),
             "class_name": [str(v) for v in np.tile([0, 1, 2], 4)],
             "split": ["train"] * 6 + ["val"] * 3 + ["test"] * 3,
+            "pretrain": [True] * 6 + [False] * 6,
         }
     )
     return images, samples
@@ -62,21 +63,27 @@ def test_ingestion_node_reads_an_array_file_with_string_labels(tmp_path):
         options={"path": str(path), "images_key": "pixels", "labels_key": "classes"},
     )
 
-    ingested, samples = ingest_images(config, seed=0)
+    ingested, samples, class_index, rejected = ingest_images(config, MASKING, seed=0)
 
     np.testing.assert_array_equal(ingested, images)
     assert samples["class_name"].tolist() == names.tolist()
     assert samples["label"].tolist() == [int(n == "dog") for n in names]
     assert set(samples["split"]) == {"train", "val", "test"}
+    assert samples["pretrain"].tolist() == (samples["split"] == "train").tolist()
+    assert samples["path"].tolist() == [f"{path}[{i}]" for i in range(40)]
+    assert class_index == {"cat": 0, "dog": 1}
+    assert rejected["rejected"] == [] and rejected["sources"][0]["accepted"] == 40
 
 
 def test_report_dataset_counts(small_set):
     images, samples = small_set
-    report = report_dataset(images, samples)
+    accounting = {"key": "source", "source": "arrays", "accepted": 12, "rejected": 0}
+    report = report_dataset(images, samples, {"sources": [{**accounting, "ignored": 0}]})
     assert report["num_images"] == 12
     assert report["image_shape"] == [16, 16, 1]
     assert report["num_classes"] == 3
-    assert report["split_counts"] == {"train": 6, "val": 3, "test": 3}
+    assert report["num_pretraining_images"] == 6
+    assert report["split_counts"] == {"train": 6, "val": 3, "test": 3, "pretrain": 0}
     assert report["class_counts"]["0"] == {"train": 2, "val": 1, "test": 1}
 
 
@@ -93,19 +100,21 @@ def test_random_init_baseline_is_the_untrained_pretraining_encoder(small_set):
     images, samples = small_set
     normalization = compute_normalization(images, samples)
     features = FeatureConfig()
-    baseline = random_init_features(images, normalization, ENCODER, MASKING, features, seed=3)
+    baseline = random_init_features(
+        images, samples, normalization, ENCODER, MASKING, features, seed=3
+    )
     torch.manual_seed(3)
     method = build_method("ijepa", {}, ENCODER, MASKING, in_chans=1)
     expected = encoder_features(method.context_encoder, to_model_input(images, normalization))
     np.testing.assert_array_equal(baseline, expected)
-    other = random_init_features(images, normalization, ENCODER, MASKING, features, seed=4)
+    other = random_init_features(images, samples, normalization, ENCODER, MASKING, features, 4)
     assert not np.allclose(baseline, other)
 
 
 def test_raw_pixel_features(small_set):
     images, samples = small_set
     normalization = compute_normalization(images, samples)
-    raw = raw_pixel_features(images, normalization)
+    raw = raw_pixel_features(images, samples, normalization)
     assert raw.shape == (12, 16 * 16)
     expected = (images.reshape(12, -1) / 255 - normalization["mean"][0]) / normalization["std"][0]
     np.testing.assert_allclose(raw, expected, atol=1e-5)

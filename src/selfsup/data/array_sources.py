@@ -16,7 +16,8 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from selfsup.config import StrictModel
-from selfsup.data.image_set import ImageSet
+from selfsup.data.chunked import CHUNK_ROWS
+from selfsup.data.image_set import UNLABELLED, ImageSet
 
 
 class ArraysOptions(StrictModel):
@@ -24,8 +25,8 @@ class ArraysOptions(StrictModel):
 
     path: str
     images_key: str = "images"  # array name inside an .npz
-    labels_key: str = "labels"  # array name inside an .npz
-    labels_path: str | None = None  # a separate .npy of labels, beside an .npy of images
+    labels_key: str | None = "labels"  # array name inside an .npz; null: unlabelled
+    labels_path: str | None = None  # .npy of labels beside an .npy of images; null: unlabelled
 
 
 class CifarOptions(StrictModel):
@@ -65,7 +66,11 @@ def as_uint8_images(images: np.ndarray, path: Path) -> np.ndarray:
                 f"{path}: float images must be finite and in [0, 1], found values in "
                 f"[{low}, {high}]; rescale them to [0, 1] or store uint8 0..255"
             )
-        return np.rint(np.asarray(images, dtype=np.float64) * 255.0).astype(np.uint8)
+        converted = np.empty(images.shape, dtype=np.uint8)
+        for start in range(0, images.shape[0], CHUNK_ROWS):
+            chunk = np.asarray(images[start : start + CHUNK_ROWS], dtype=np.float64)
+            converted[start : start + CHUNK_ROWS] = np.rint(chunk * 255.0)
+        return converted
     raise ValueError(
         f"{path}: images have dtype {images.dtype}; store them as uint8 (0..255) or as "
         "float in [0, 1]"
@@ -99,10 +104,11 @@ def unpickling_refused(path: Path, error: ValueError) -> ValueError:
 
 
 def load_array(path: Path, what: str) -> np.ndarray | np.lib.npyio.NpzFile:
+    """An .npz archive, or an .npy memory-mapped (read-only) so it may exceed memory."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist; check ingestion.options")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
     except ValueError as error:
         raise unpickling_refused(path, error) from None
 
@@ -119,31 +125,38 @@ def npz_member(archive: np.lib.npyio.NpzFile, key: str, option: str, path: Path)
         raise unpickling_refused(path, error) from None
 
 
-def load_arrays(options: dict) -> ImageSet:
-    """Images and labels from one `.npz` (named arrays) or an `.npy` plus a labels `.npy`."""
+def load_arrays(options: dict, image_size: int | None = None) -> ImageSet:
+    """Images from one `.npz` (named arrays) or an `.npy`, with optional labels (an
+    array in the `.npz` or a labels `.npy`). A uint8 `.npy` is memory-mapped, not read."""
     config: ArraysOptions = parse_options(ArraysOptions, "arrays", options)
     path = Path(config.path)
     if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: the arrays source reads .npy or .npz files")
-    labels_file = path
+    labels_file, labels = path, None
     if path.suffix == ".npz":
+        if config.labels_path is not None:
+            raise ValueError(
+                f"{path}: ingestion.options.labels_path is for an .npy of images; in an "
+                ".npz name the labels array with labels_key"
+            )
         with load_array(path, "images") as archive:
             images = npz_member(archive, config.images_key, "images_key", path)
-            labels = npz_member(archive, config.labels_key, "labels_key", path)
+            if config.labels_key is not None:
+                labels = npz_member(archive, config.labels_key, "labels_key", path)
     else:
-        if config.labels_path is None:
-            raise ValueError(
-                f"{path} holds only images; give their labels as an .npy in "
-                "ingestion.options.labels_path (or store both in one .npz)"
-            )
-        labels_file = Path(config.labels_path)
-        if labels_file.suffix != ".npy":
-            raise ValueError(f"{labels_file}: ingestion.options.labels_path must be an .npy")
         images = load_array(path, "images")
-        labels = load_array(labels_file, "labels")
+        if config.labels_path is not None:
+            labels_file = Path(config.labels_path)
+            if labels_file.suffix != ".npy":
+                raise ValueError(f"{labels_file}: ingestion.options.labels_path must be an .npy")
+            labels = np.asarray(load_array(labels_file, "labels"))
     images = as_uint8_images(images, path)
+    paths = [f"{path}[{i}]" for i in range(images.shape[0])]
+    if labels is None:
+        unlabelled = np.full(images.shape[0], UNLABELLED, dtype=np.int64)
+        return ImageSet(images=images, labels=unlabelled, class_names=[], paths=paths)
     indices, class_names = indexed_labels(labels, images.shape[0], labels_file)
-    return ImageSet(images=images, labels=indices, class_names=class_names)
+    return ImageSet(images=images, labels=indices, class_names=class_names, paths=paths)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -203,7 +216,7 @@ CIFAR_LAYOUTS = {
 }
 
 
-def load_cifar(options: dict) -> ImageSet:
+def load_cifar(options: dict, image_size: int | None = None) -> ImageSet:
     """CIFAR-10 or CIFAR-100 from the "python version" folder (train and test batches
     together: the pipeline makes its own split)."""
     config: CifarOptions = parse_options(CifarOptions, "cifar", options)

@@ -1,7 +1,8 @@
 """Image sources, looked up by name from `ingestion.source`.
 
-A source is a function `options -> ImageSet`; adding one (image folders, say) means
-adding a function to `SOURCES`, not changing the pipeline.
+A source is a function `(options, image_size) -> ImageSet`; `image_size` is the model's
+input size, for sources that resize while decoding. Adding a source means adding a
+function to `SOURCES`, not changing the pipeline.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from collections.abc import Callable
 import numpy as np
 
 from selfsup.data.array_sources import load_arrays, load_cifar
+from selfsup.data.image_folder import load_image_folder
 from selfsup.data.image_set import ImageSet
 
 
-def load_digits(options: dict) -> ImageSet:
+def load_digits(options: dict, image_size: int | None = None) -> ImageSet:
     """scikit-learn's handwritten digits: 1,797 grayscale 8x8 images, 10 classes.
 
     Shipped inside scikit-learn, so the default run needs no download. Pixel values
@@ -30,11 +32,13 @@ def load_digits(options: dict) -> ImageSet:
         images=images,
         labels=digits.target.astype(np.int64),
         class_names=[str(name) for name in digits.target_names],
+        paths=[f"digits[{i}]" for i in range(len(digits.target))],
     )
 
 
-SOURCES: dict[str, Callable[[dict], ImageSet]] = {
+SOURCES: dict[str, Callable[[dict, int], ImageSet]] = {
     "digits": load_digits,
+    "image_folder": load_image_folder,
     "arrays": load_arrays,
     "cifar": load_cifar,
 }
@@ -42,9 +46,9 @@ SOURCES: dict[str, Callable[[dict], ImageSet]] = {
 __all__ = ["SOURCES", "ImageSet", "load_digits", "load_source"]
 
 
-def load_source(name: str, options: dict) -> ImageSet:
+def load_source(name: str, options: dict, image_size: int = 32, key: str = "source") -> ImageSet:
     if name not in SOURCES:
         raise ValueError(
-            f"unknown source {name!r} in ingestion.source; choose one of {sorted(SOURCES)}"
+            f"unknown source {name!r} in ingestion.{key}; choose one of {sorted(SOURCES)}"
         )
-    return SOURCES[name](options)
+    return SOURCES[name](options, image_size)

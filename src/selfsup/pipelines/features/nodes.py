@@ -1,37 +1,61 @@
-"""Frozen features for every split: pretrained encoders and the two baselines."""
+"""Frozen features of the labelled (train/val/test) images: pretrained encoders and
+the two baselines. Images are read batch by batch from the memory-mapped array."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
-from selfsup.data.preprocessing import to_model_input
+from selfsup.data.preprocessing import NormalizedImages
+from selfsup.data.splits import evaluated_rows
 from selfsup.evaluation import encoder_features
 from selfsup.models import build_encoder
 from selfsup.models.vit import encoder_from_checkpoint
 from selfsup.training import resolve_device
 
 
-def _features_of(
-    encoder: torch.nn.Module, images: np.ndarray, normalization: dict, features: FeatureConfig
-) -> np.ndarray:
-    encoder.to(resolve_device("auto"))
-    return encoder_features(
-        encoder, to_model_input(images, normalization), features.pooling, features.batch_size
+class NoLabelledImagesError(ValueError):
+    """Features and probes need labelled images and the ingested set has none."""
+
+
+def no_labels_message() -> str:
+    return (
+        "the ingested images are unlabelled, so there is nothing to probe: set "
+        "ingestion.eval_source to a labelled source, or pretrain only with "
+        "`kedro run --pipelines ingestion,masking,pretraining`"
     )
+
+
+def evaluated_images(
+    model_input_images: np.ndarray, samples: pd.DataFrame, normalization: dict
+) -> NormalizedImages:
+    rows = evaluated_rows(samples)
+    if not rows.any():
+        raise NoLabelledImagesError(no_labels_message())
+    return NormalizedImages(model_input_images, normalization, rows)
+
+
+def _features_of(encoder: torch.nn.Module, images: NormalizedImages, features: FeatureConfig):
+    encoder.to(resolve_device("auto"))
+    return encoder_features(encoder, images, features.pooling, features.batch_size)
 
 
 def pretrained_features(
-    encoder: dict, model_input_images: np.ndarray, normalization: dict, features: FeatureConfig
+    encoder: dict,
+    model_input_images: np.ndarray,
+    samples: pd.DataFrame,
+    normalization: dict,
+    features: FeatureConfig,
 ) -> np.ndarray:
-    return _features_of(
-        encoder_from_checkpoint(encoder), model_input_images, normalization, features
-    )
+    images = evaluated_images(model_input_images, samples, normalization)
+    return _features_of(encoder_from_checkpoint(encoder), images, features)
 
 
 def random_init_features(
     model_input_images: np.ndarray,
+    samples: pd.DataFrame,
     normalization: dict,
     encoder: EncoderConfig,
     masking: MaskingConfig,
@@ -39,13 +63,18 @@ def random_init_features(
     seed: int,
 ) -> np.ndarray:
     """The same ViT with the weights every method starts from (same seed), untrained."""
+    images = evaluated_images(model_input_images, samples, normalization)
     torch.manual_seed(seed)
-    untrained = build_encoder(
-        encoder, masking.image_size, masking.patch_size, model_input_images.shape[-1]
-    )
-    return _features_of(untrained, model_input_images, normalization, features)
+    untrained = build_encoder(encoder, masking.image_size, masking.patch_size, images.shape[1])
+    return _features_of(untrained, images, features)
 
 
-def raw_pixel_features(model_input_images: np.ndarray, normalization: dict) -> np.ndarray:
+def raw_pixel_features(
+    model_input_images: np.ndarray, samples: pd.DataFrame, normalization: dict
+) -> np.ndarray:
     """The normalized encoder input, flattened."""
-    return to_model_input(model_input_images, normalization).flatten(1).numpy()
+    images = evaluated_images(model_input_images, samples, normalization)
+    out = np.empty((len(images), int(np.prod(images.shape[1:]))), dtype=np.float32)
+    for start in range(0, len(images), 4096):
+        out[start : start + 4096] = images[start : start + 4096].flatten(1).numpy()
+    return out

@@ -7,7 +7,7 @@ from selfsup.pipelines.features.nodes import (
     raw_pixel_features,
 )
 
-SHARED_INPUTS = {"model_input_images", "normalization"}
+SHARED_INPUTS = {"model_input_images", "samples", "normalization"}
 
 
 def _namespaced(namespace: str, nodes: list, parameters: set[str]) -> Pipeline:
@@ -21,7 +21,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             [
                 node(
                     pretrained_features,
-                    ["encoder", "model_input_images", "normalization", "params:features"],
+                    [
+                        "encoder",
+                        "model_input_images",
+                        "samples",
+                        "normalization",
+                        "params:features",
+                    ],
                     "features",
                     name="extract_features",
                 )
@@ -36,7 +42,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             [
                 node(
                     raw_pixel_features,
-                    ["model_input_images", "normalization"],
+                    ["model_input_images", "samples", "normalization"],
                     "features",
                     name="extract_features",
                 )
@@ -50,6 +56,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     random_init_features,
                     [
                         "model_input_images",
+                        "samples",
                         "normalization",
                         "params:encoder",
                         "params:masking",

@@ -1,4 +1,4 @@
-"""Load a source by name, split it, and describe it."""
+"""Load the source (and the evaluation source), split, and account for every file."""
 
 from __future__ import annotations
 
@@ -7,46 +7,172 @@ import logging
 import numpy as np
 import pandas as pd
 
-from selfsup.config import IngestionConfig
+from selfsup.config import IngestionConfig, MaskingConfig
+from selfsup.data.chunked import ChunkedImages, ConcatenatedImages
+from selfsup.data.image_folder import summarize_rejections
+from selfsup.data.image_set import UNLABELLED, ImageSet
 from selfsup.data.sources import load_source
-from selfsup.data.splits import SPLITS, stratified_split
+from selfsup.data.splits import PRETRAIN, SPLITS, stratified_split
 
 logger = logging.getLogger(__name__)
 
+REJECTED_FILES = "data/08_reporting/rejected_files.json"
 
-def ingest_images(ingestion: IngestionConfig, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """uint8 images (N, H, W, C) and a table of label, class name and split per image."""
-    image_set = load_source(ingestion.source, ingestion.options)
-    split = stratified_split(image_set.labels, ingestion.split.val, ingestion.split.test, seed)
-    samples = pd.DataFrame(
+
+def _labelled_rows(image_set: ImageSet, ingestion: IngestionConfig, seed: int) -> dict:
+    split = stratified_split(
+        image_set.labels, ingestion.split.val, ingestion.split.test, seed, image_set.class_names
+    )
+    return {
+        "label": image_set.labels,
+        "class_name": [image_set.class_names[label] for label in image_set.labels],
+        "split": split,
+    }
+
+
+def _pretraining_rows(count: int) -> dict:
+    return {
+        "label": np.full(count, UNLABELLED, dtype=np.int64),
+        "class_name": [""] * count,
+        "split": np.full(count, PRETRAIN, dtype=object),
+    }
+
+
+def _table(rows: dict, image_set: ImageSet, pretrain: np.ndarray) -> pd.DataFrame:
+    count = image_set.images.shape[0]
+    return pd.DataFrame(
         {
-            "index": np.arange(len(image_set.labels)),
-            "label": image_set.labels,
-            "class_name": [image_set.class_names[label] for label in image_set.labels],
-            "split": split,
+            **rows,
+            "pretrain": pretrain,
+            "path": image_set.paths or [f"image[{i}]" for i in range(count)],
         }
     )
+
+
+def _accounting(key: str, name: str, image_set: ImageSet) -> dict:
+    return {
+        "key": key,
+        "source": name,
+        "accepted": int(image_set.images.shape[0]),
+        "rejected": len(image_set.rejected),
+        "ignored": len(image_set.ignored),
+        "rejected_fraction": image_set.rejected_fraction,
+    }
+
+
+def ingest_images(
+    ingestion: IngestionConfig, masking: MaskingConfig, seed: int
+) -> tuple[np.ndarray | ChunkedImages, pd.DataFrame, dict, dict]:
+    """Images (N, H, W, C) uint8, one row per image (label, class, split, whether it is
+    pretrained on, where it came from), the class index map and every rejected file.
+
+    Sources that decode files resize to `masking.image_size` as they go."""
+    source = load_source(ingestion.source, ingestion.options, masking.image_size)
+    eval_config = ingestion.eval_source
+    if eval_config is None:
+        if source.labelled:
+            rows = _labelled_rows(source, ingestion, seed)
+            samples = _table(rows, source, rows["split"] == "train")
+        else:
+            samples = _table(_pretraining_rows(len(source.labels)), source, True)
+        images, class_names = source.images, source.class_names
+        sources = [("source", ingestion.source, source)]
+    else:
+        evaluated = load_source(
+            eval_config.source, eval_config.options, masking.image_size, "eval_source.source"
+        )
+        if not evaluated.labelled:
+            raise ValueError(
+                f"ingestion.eval_source ({eval_config.source}) has no labels; the probes "
+                "need a labelled evaluation source (e.g. an image_folder with class folders)"
+            )
+        if source.images.shape[1:] != evaluated.images.shape[1:]:
+            raise ValueError(
+                f"ingestion.source gives images of shape {source.images.shape[1:]} but "
+                f"ingestion.eval_source gives {evaluated.images.shape[1:]}; both must match "
+                "(an image_folder source resizes to masking.image_size: set its channels "
+                "option to the other source's channel count)"
+            )
+        samples = pd.concat(
+            [
+                _table(_pretraining_rows(len(source.labels)), source, True),
+                _table(_labelled_rows(evaluated, ingestion, seed), evaluated, False),
+            ],
+            ignore_index=True,
+        )
+        images = ConcatenatedImages([source.images, evaluated.images])
+        class_names = evaluated.class_names
+        sources = [
+            ("source", ingestion.source, source),
+            ("eval_source", eval_config.source, evaluated),
+        ]
+    samples.insert(0, "index", np.arange(len(samples)))
+    rejected = {
+        "max_rejected_fraction": ingestion.max_rejected_fraction,
+        "sources": [_accounting(key, name, s) for key, name, s in sources],
+        "rejected": [{**entry, "source": key} for key, _, s in sources for entry in s.rejected],
+        "ignored": [{**entry, "source": key} for key, _, s in sources for entry in s.ignored],
+    }
     logger.info(
-        "ingested %d images of shape %s from %r",
-        *image_set.images.shape[:1],
-        image_set.images.shape[1:],
-        ingestion.source,
+        "ingested %d images of shape %s (%d pretrained on, %d labelled for the probes)",
+        len(samples),
+        tuple(images.shape[1:]),
+        int(samples["pretrain"].sum()),
+        int(samples["split"].isin(SPLITS).sum()),
     )
-    return image_set.images, samples
+    for entry in rejected["sources"]:
+        if entry["rejected"] or entry["ignored"]:
+            logger.warning(
+                "ingestion.%s: %d files rejected, %d hidden files ignored; the list with "
+                "reasons is in %s",
+                entry["key"],
+                entry["rejected"],
+                entry["ignored"],
+                REJECTED_FILES,
+            )
+    return images, samples, {name: i for i, name in enumerate(class_names)}, rejected
 
 
-def report_dataset(images: np.ndarray, samples: pd.DataFrame) -> dict:
-    """Image shape and counts per class and split."""
-    counts = pd.crosstab(samples["class_name"], samples["split"]).reindex(
+def accept_ingestion(
+    ingested_samples: pd.DataFrame, rejected_files: dict, ingestion: IngestionConfig
+) -> pd.DataFrame:
+    """Pass the samples on unless a source rejected too many files.
+
+    A separate node so that rejected_files.json is on disk when this fails."""
+    for entry in rejected_files["sources"]:
+        if entry["rejected_fraction"] > ingestion.max_rejected_fraction:
+            mine = [e for e in rejected_files["rejected"] if e["source"] == entry["key"]]
+            raise ValueError(
+                f"ingestion.{entry['key']} rejected {entry['rejected']} of "
+                f"{entry['accepted'] + entry['rejected']} files "
+                f"({entry['rejected_fraction']:.1%}), more than "
+                f"ingestion.max_rejected_fraction={ingestion.max_rejected_fraction:.1%}. "
+                f"Every file and its reason is in {REJECTED_FILES}: {summarize_rejections(mine)}. "
+                "Fix or remove those files, or raise ingestion.max_rejected_fraction"
+            )
+    return ingested_samples
+
+
+def report_dataset(images: np.ndarray, samples: pd.DataFrame, rejected_files: dict) -> dict:
+    """Image shape, counts per class and split, and how many files were rejected."""
+    labelled = samples[samples["split"].isin(SPLITS)]
+    counts = pd.crosstab(labelled["class_name"], labelled["split"]).reindex(
         columns=list(SPLITS), fill_value=0
     )
     return {
         "num_images": int(images.shape[0]),
         "image_shape": list(images.shape[1:]),
         "dtype": str(images.dtype),
-        "num_classes": int(samples["label"].nunique()),
-        "split_counts": {split: int((samples["split"] == split).sum()) for split in SPLITS},
+        "num_classes": int(labelled["label"].nunique()),
+        "num_pretraining_images": int(samples["pretrain"].sum()),
+        "split_counts": {
+            split: int((samples["split"] == split).sum()) for split in (*SPLITS, PRETRAIN)
+        },
         "class_counts": {
             name: {s: int(v) for s, v in row.items()} for name, row in counts.iterrows()
         },
+        "files": [
+            {key: entry[key] for key in ("key", "source", "accepted", "rejected", "ignored")}
+            for entry in rejected_files["sources"]
+        ],
     }

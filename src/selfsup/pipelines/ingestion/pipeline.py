@@ -1,6 +1,6 @@
 from kedro.pipeline import Pipeline, node
 
-from selfsup.pipelines.ingestion.nodes import ingest_images, report_dataset
+from selfsup.pipelines.ingestion.nodes import accept_ingestion, ingest_images, report_dataset
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -8,10 +8,21 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 ingest_images,
-                ["params:ingestion", "params:seed"],
-                ["images", "samples"],
+                ["params:ingestion", "params:masking", "params:seed"],
+                ["images", "ingested_samples", "class_index", "rejected_files"],
                 name="ingest_images",
             ),
-            node(report_dataset, ["images", "samples"], "dataset_report", name="report_dataset"),
+            node(
+                accept_ingestion,
+                ["ingested_samples", "rejected_files", "params:ingestion"],
+                "samples",
+                name="check_rejected_files",
+            ),
+            node(
+                report_dataset,
+                ["images", "samples", "rejected_files"],
+                "dataset_report",
+                name="report_dataset",
+            ),
         ]
     )

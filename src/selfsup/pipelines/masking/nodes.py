@@ -7,18 +7,24 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from selfsup.config import MaskingConfig
-from selfsup.data.preprocessing import channel_statistics, resize_images
+from selfsup.data.chunked import ChunkedImages
+from selfsup.data.preprocessing import ResizedImages, channel_statistics
+from selfsup.data.splits import pretraining_rows
 from selfsup.masks import build_mask_sampler, measure_mask_statistics
 from selfsup.plots import plot_mask_preview
 
 
-def prepare_model_input(images: np.ndarray, masking: MaskingConfig) -> np.ndarray:
-    return resize_images(images, masking.image_size)
+def prepare_model_input(images: np.ndarray, masking: MaskingConfig) -> np.ndarray | ChunkedImages:
+    """Images at `masking.image_size`; resized lazily, chunk by chunk, as they are saved."""
+    if images.shape[1:3] == (masking.image_size, masking.image_size):
+        return images
+    return ResizedImages(images, masking.image_size)
 
 
 def compute_normalization(model_input_images: np.ndarray, samples: pd.DataFrame) -> dict:
-    """Per-channel mean and std of the train split only (no val/test leakage)."""
-    return channel_statistics(model_input_images[samples["split"].to_numpy() == "train"])
+    """Per-channel mean and std of the pretraining images only (for a labelled source,
+    its train split: no val/test leakage)."""
+    return channel_statistics(model_input_images, pretraining_rows(samples))
 
 
 def describe_patch_grid(model_input_images: np.ndarray, masking: MaskingConfig) -> dict:

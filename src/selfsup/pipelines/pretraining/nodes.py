@@ -13,7 +13,8 @@ from dvclive import Live
 from matplotlib.figure import Figure
 
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
-from selfsup.data.preprocessing import to_model_input
+from selfsup.data.preprocessing import NormalizedImages
+from selfsup.data.splits import pretraining_rows
 from selfsup.methods import build_method
 from selfsup.models.vit import encoder_checkpoint
 from selfsup.plots import plot_training_history
@@ -30,18 +31,19 @@ def pretrain(
     seed: int,
     live_dir: str | None = None,
 ) -> tuple[dict, pd.DataFrame]:
-    """Train on unlabelled train-split images; return the evaluation encoder and history.
+    """Train on the pretraining rows (labels unused), read batch by batch from the
+    (memory-mapped) images; return the evaluation encoder and history.
 
     With `live_dir`, every step's loss and schedules are also logged there with dvclive
     as training goes (the DVC stage declares them as plots)."""
-    train_images = model_input_images[samples["split"].to_numpy() == "train"]
+    train_images = NormalizedImages(model_input_images, normalization, pretraining_rows(samples))
     torch.manual_seed(seed)
     method = build_method(
         pretraining.method,
         pretraining.hyperparameters,
         encoder,
         masking,
-        in_chans=train_images.shape[-1],
+        in_chans=train_images.shape[1],
         normalization=normalization,
     )
     # dvcyaml=False: dvc.yaml declares the plots; save_dvc_exp=False: `dvc exp run`,
@@ -50,7 +52,7 @@ def pretrain(
     with live:
         history = train(
             method,
-            to_model_input(train_images, normalization),
+            train_images,
             pretraining.training,
             seed,
             description=pretraining.method,
