@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from selfsup.checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from selfsup.data.preprocessing import NormalizedImages, to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.training import (
@@ -273,3 +274,91 @@ def test_training_and_feature_extraction_read_one_batch_of_rows_at_a_time():
     features = encoder_features(method.target_encoder, view, batch_size=24)
     assert features.shape[0] == 64
     assert images.reads == [24, 24, 16]
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def _stop_after(steps: int):
+    def on_step(row: dict) -> None:
+        if row["step"] + 1 == steps:
+            raise Interrupted
+
+    return on_step
+
+
+@pytest.mark.parametrize("every, stop", [(3, 7), (4, 10), (5, 14), (6, 6)])
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path, module_images, every, stop
+):
+    """48 images / batch 16 = 3 steps per epoch, 5 epochs. The interruption comes as step
+    `stop` ends, before its own checkpoint: the last one is then at an epoch boundary
+    (6), mid-epoch (8, 10), or missing (a fresh start). Crops and masks draw from every
+    random stream."""
+    training = {"epochs": 5, "crop_scale": (0.5, 1.0), "checkpoint_every": every}
+    identity = {"run": "test"}
+    reference, _, reference_history = run(module_images, **training)
+
+    folder = tmp_path / "checkpoints"
+    first = make_ijepa(seed=0)
+    with pytest.raises(Interrupted):
+        train(
+            first,
+            module_images,
+            tiny_training(**training),
+            seed=0,
+            on_step=_stop_after(stop),
+            checkpoints=TrainingCheckpoints(folder, every, 2, identity),
+        )
+    saved = sorted(p.name for p in folder.glob("step-*.pt"))
+    last = (stop - 1) // every * every
+    assert saved[-1:] == ([f"step-{last:08d}.pt"] if last else [])
+    assert len(saved) <= 2
+
+    replayed = []
+    # With a checkpoint, other initial weights: all must come from the checkpoint.
+    resumed = make_ijepa(seed=99 if last else 0)
+    history = train(
+        resumed,
+        module_images,
+        tiny_training(**training, resume=True),
+        seed=0,
+        on_step=replayed.append,
+        checkpoints=TrainingCheckpoints(folder, every, 2, identity),
+    )
+    for (name, a), (_, b) in zip(
+        reference.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert history["loss"].tolist() == reference_history["loss"].tolist()
+    assert [row["step"] for row in replayed] == list(range(15))
+    assert sorted(p.name for p in folder.glob("step-*.pt"))[-1] == "step-00000015.pt"
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_another_run(tmp_path, module_images):
+    folder = tmp_path / "checkpoints"
+    config = tiny_training(epochs=1, checkpoint_every=1, keep_checkpoints=2)
+    method = make_ijepa()
+    train(method, module_images, config, 0, checkpoints=TrainingCheckpoints(folder, 1, 2, {"a": 1}))
+    # 3 steps, every step saved, the last 2 kept, no temporary files left.
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000002.pt", "step-00000003.pt"]
+    state = torch.load(folder / "step-00000003.pt", weights_only=True)
+    assert state["step"] == 3 and state["identity"] == {"a": 1}
+    assert set(state["method"]) == set(method.state_dict())
+    with pytest.raises(CheckpointMismatchError, match="resume: false"):
+        TrainingCheckpoints(folder, 1, 2, {"a": 2}).load_latest()
+
+
+def test_a_fresh_run_replaces_old_checkpoints(tmp_path, module_images):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "step-00000099.pt").write_bytes(b"stale")
+    train(
+        make_ijepa(),
+        module_images,
+        tiny_training(epochs=1),
+        0,
+        checkpoints=TrainingCheckpoints(folder, None, 2, {}),
+    )
+    assert [p.name for p in folder.iterdir()] == ["step-00000003.pt"]

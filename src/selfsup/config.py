@@ -259,6 +259,11 @@ class TrainingConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
     crop_scale: FloatRange | None = None
     num_threads: int | None = Field(None, ge=1)
+    # A checkpoint every this many steps (and always one at the end); the last
+    # `keep_checkpoints` are kept. `resume: true` continues from the newest one.
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = False
 
     @field_validator("weight_decay")
     @classmethod

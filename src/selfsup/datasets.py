@@ -11,8 +11,6 @@ Both write to a temporary file and rename it, so a crash never leaves half a fil
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -20,18 +18,8 @@ import numpy as np
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
+from selfsup.checkpoints import atomic_write
 from selfsup.data.chunked import ChunkedImages, write_npy
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a hidden temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class NumpyDataset(AbstractDataset[np.ndarray | ChunkedImages, np.ndarray]):
@@ -53,7 +41,7 @@ class NumpyDataset(AbstractDataset[np.ndarray | ChunkedImages, np.ndarray]):
             data = np.asarray(data)
         if isinstance(data, np.ndarray) and data.dtype.hasobject:
             raise DatasetError(f"{self._filepath}: refusing to save an object array (pickles)")
-        _atomic_write(self._filepath, lambda tmp: write_npy(tmp, data))
+        atomic_write(self._filepath, lambda tmp: write_npy(tmp, data))
 
     def _exists(self) -> bool:
         return self._filepath.exists()
@@ -82,7 +70,7 @@ class EncoderDataset(AbstractDataset[dict, dict]):
         state = {
             name: tensor.detach().cpu().contiguous() for name, tensor in data["state_dict"].items()
         }
-        _atomic_write(
+        atomic_write(
             self._filepath,
             lambda tmp: torch.save({"state_dict": state, "config": data["config"]}, tmp),
         )

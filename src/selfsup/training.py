@@ -14,6 +14,7 @@ import torch
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import TrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.methods.base import PretrainingMethod
@@ -75,6 +76,7 @@ def train(
     description: str = "pretrain",
     on_epoch_end: Callable[[int, PretrainingMethod], None] | None = None,
     on_step: Callable[[dict], None] | None = None,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> pd.DataFrame:
     """Pretrain `method` on normalized images (N, C, H, W); returns per-step history.
 
@@ -84,6 +86,11 @@ def train(
     Every random choice (shuffling, masks, crops) derives from `seed`. `on_epoch_end`
     is called with the finished epoch's index and the method (e.g. to probe it);
     `on_step` with each step's history row as it is recorded (e.g. to log it live).
+
+    With `checkpoints`, the full training state is saved every `config.checkpoint_every`
+    steps and at the end; with `config.resume`, training continues from the newest
+    checkpoint (its history rows are replayed through `on_step` first) and ends with
+    the same weights as a run that was never interrupted.
     """
     if images.shape[0] < config.batch_size:
         raise ValueError(
@@ -107,19 +114,43 @@ def train(
     mask_rng = np.random.default_rng(seed)
 
     history: list[dict] = []
+    step, elapsed_before, order = 0, 0.0, None
+    resumed = checkpoints.load_latest() if checkpoints and config.resume else None
+    if resumed is not None:
+        method.load_state_dict(resumed["method"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        mask_rng.bit_generator.state = resumed["mask_rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        if device.type == "cuda" and resumed["cuda_rng"]:
+            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
+        history, step, order = resumed["history"], resumed["step"], resumed["order"]
+        elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+        for row in history:
+            if on_step is not None:
+                on_step(row)
+    elif checkpoints is not None:
+        checkpoints.clear()  # from an earlier run: never mix two runs' checkpoints
     method.train()
     # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
     progress = tqdm(
         total=total_steps,
+        initial=step,
         desc=description,
         unit="step",
         mininterval=0.5 if sys.stderr.isatty() else 15.0,
     )
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(config.epochs):
-        order = torch.randperm(images.shape[0], generator=generator)
-        for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
+    start = time.perf_counter() - elapsed_before
+    elapsed = elapsed_before
+    first_batch = step % steps_per_epoch
+    for epoch in range(step // steps_per_epoch, config.epochs):
+        if first_batch == 0:
+            order = torch.randperm(images.shape[0], generator=generator)
+        batch_starts = range(
+            first_batch * config.batch_size, steps_per_epoch * config.batch_size, config.batch_size
+        )
+        first_batch = 0
+        for batch_start in batch_starts:
             lr = warmup_cosine_schedule(
                 config.start_lr, config.lr, config.final_lr, warmup_steps, step, total_steps
             )
@@ -167,6 +198,21 @@ def train(
             if on_step is not None:
                 on_step(row)
             step += 1
+            if checkpoints is not None and checkpoints.due(step, total_steps):
+                checkpoints.save(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "method": method.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "order": order,
+                        "generator": generator.get_state(),
+                        "mask_rng": mask_rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                        "history": history,
+                    }
+                )
             progress.update(1)
             progress.set_postfix(
                 epoch=f"{epoch + 1}/{config.epochs}",

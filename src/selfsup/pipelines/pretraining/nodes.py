@@ -12,6 +12,7 @@ import torch
 from dvclive import Live
 from matplotlib.figure import Figure
 
+from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import pretraining_rows
@@ -30,12 +31,15 @@ def pretrain(
     pretraining: PretrainingConfig,
     seed: int,
     live_dir: str | None = None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Train on the pretraining rows (labels unused), read batch by batch from the
     (memory-mapped) images; return the evaluation encoder and history.
 
     With `live_dir`, every step's loss and schedules are also logged there with dvclive
-    as training goes (the DVC stage declares them as plots)."""
+    as training goes (the DVC stage declares them as plots). With `checkpoint_dir`,
+    training checkpoints go there (`training.checkpoint_every`) and `training.resume`
+    continues from the newest one written by a run with the same settings."""
     train_images = NormalizedImages(model_input_images, normalization, pretraining_rows(samples))
     torch.manual_seed(seed)
     method = build_method(
@@ -49,6 +53,14 @@ def pretrain(
     # dvcyaml=False: dvc.yaml declares the plots; save_dvc_exp=False: `dvc exp run`,
     # not the logger, records experiments.
     live = Live(live_dir, dvcyaml=False, save_dvc_exp=False) if live_dir else nullcontext()
+    checkpoints = None
+    if checkpoint_dir:
+        checkpoints = TrainingCheckpoints(
+            checkpoint_dir,
+            pretraining.training.checkpoint_every,
+            pretraining.training.keep_checkpoints,
+            _run_identity(pretraining, encoder, masking, seed, len(train_images)),
+        )
     with live:
         history = train(
             method,
@@ -57,6 +69,7 @@ def pretrain(
             seed,
             description=pretraining.method,
             on_step=_live_logger(live) if live_dir else None,
+            checkpoints=checkpoints,
         )
     checkpoint = encoder_checkpoint(
         method.evaluation_encoder(), encoder, masking.image_size, masking.patch_size
@@ -64,15 +77,42 @@ def pretrain(
     return checkpoint, history
 
 
-def pretrain_logging_to(live_dir: str) -> Callable[..., tuple[dict, pd.DataFrame]]:
-    """`pretrain` with its dvclive folder bound. Unlike functools.partial, the result
-    keeps `pretrain`'s name and type hints, which Kedro needs to validate parameters."""
+def pretrain_writing_to(
+    live_dir: str, checkpoint_dir: str
+) -> Callable[..., tuple[dict, pd.DataFrame]]:
+    """`pretrain` with its dvclive and checkpoint folders bound. Unlike functools.partial,
+    the result keeps `pretrain`'s name and type hints, which Kedro needs to validate
+    parameters."""
 
     @wraps(pretrain)
     def pretrain_logged(*args, **kwargs):
-        return pretrain(*args, **kwargs, live_dir=live_dir)
+        return pretrain(*args, **kwargs, live_dir=live_dir, checkpoint_dir=checkpoint_dir)
 
     return pretrain_logged
+
+
+# Settings that do not change what training computes: a run may resume across them.
+_RESUMABLE_ACROSS = {"resume", "checkpoint_every", "keep_checkpoints", "num_threads", "device"}
+
+
+def _run_identity(
+    pretraining: PretrainingConfig,
+    encoder: EncoderConfig,
+    masking: MaskingConfig,
+    seed: int,
+    num_images: int,
+) -> dict:
+    """What a checkpoint must share with this run for the run to resume from it."""
+    training = pretraining.training.model_dump(mode="json", exclude=_RESUMABLE_ACROSS)
+    return {
+        "method": pretraining.method,
+        "hyperparameters": pretraining.hyperparameters,
+        "training": training,
+        "encoder": encoder.model_dump(mode="json"),
+        "masking": masking.model_dump(mode="json"),
+        "seed": seed,
+        "num_images": num_images,
+    }
 
 
 # Per-step columns of the history that are bookkeeping, not curves.

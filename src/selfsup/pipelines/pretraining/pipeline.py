@@ -1,13 +1,16 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import PRETRAINED
-from selfsup.pipelines.pretraining.nodes import plot_history, pretrain_logging_to
+from selfsup.pipelines.pretraining.nodes import plot_history, pretrain_writing_to
 
 SHARED_INPUTS = {"model_input_images", "samples", "normalization"}
 SHARED_PARAMETERS = {"params:encoder", "params:masking", "params:seed"}
 # dvclive's folder per method, relative to the project root like the catalog's paths;
 # dvc.yaml declares its plots.
 TRAINING_LOG_DIR = "data/08_reporting/{namespace}/dvclive"
+# Training checkpoints per method (not a catalog dataset: only the training loop reads
+# them, to resume an interrupted run).
+CHECKPOINT_DIR = "data/06_models/{namespace}/checkpoints"
 
 
 def method_pipeline(namespace: str) -> Pipeline:
@@ -15,7 +18,10 @@ def method_pipeline(namespace: str) -> Pipeline:
     template = Pipeline(
         [
             node(
-                pretrain_logging_to(TRAINING_LOG_DIR.format(namespace=namespace)),
+                pretrain_writing_to(
+                    TRAINING_LOG_DIR.format(namespace=namespace),
+                    CHECKPOINT_DIR.format(namespace=namespace),
+                ),
                 [
                     "model_input_images",
                     "samples",
