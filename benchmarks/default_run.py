@@ -10,6 +10,7 @@ non-zero if the run fails.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -30,6 +31,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_json(path: Path, record: dict) -> None:
+    """A benchmark's results as indented JSON (the --json option of the scripts here)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def main() -> int:

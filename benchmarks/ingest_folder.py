@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 # Run as a script, this folder is on sys.path.
-from default_run import cpu_model
+from default_run import cpu_model, write_json
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,19 +409,15 @@ def main() -> int:
             f"{row['rejected']} files rejected; imports took {row['imports_s']:.1f} s"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": time.strftime("%Y-%m-%d"),
-                    "machine": cpu_model(),
-                    "cores": os.cpu_count(),
-                    "command": command,
-                    "rows": rows,
-                },
-                indent=2,
-            )
-            + "\n"
+        write_json(
+            args.json,
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": cpu_model(),
+                "cores": os.cpu_count(),
+                "command": command,
+                "rows": rows,
+            },
         )
     return 0
 

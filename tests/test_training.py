@@ -362,3 +362,21 @@ def test_a_fresh_run_replaces_old_checkpoints(tmp_path, module_images):
         checkpoints=TrainingCheckpoints(folder, None, 2, {}),
     )
     assert [p.name for p in folder.iterdir()] == ["step-00000003.pt"]
+
+
+def test_bf16_autocast_on_cpu_is_opt_in(module_images):
+    """auto = fp32 on CPU (identical to fp32); bf16 trains on CPU with finite, close but
+    not identical losses."""
+    _, _, fp32 = run(module_images, precision="fp32")
+    _, _, auto = run(module_images, precision="auto")
+    _, _, bf16 = run(module_images, precision="bf16")
+    assert auto["loss"].tolist() == fp32["loss"].tolist()
+    assert np.isfinite(bf16["loss"]).all()
+    assert bf16["loss"].tolist() != fp32["loss"].tolist()
+    np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=0.05)
+
+
+def test_attention_uses_scaled_dot_product_attention():
+    method = make_ijepa()
+    blocks = [*method.context_encoder.blocks, *method.predictor.blocks]
+    assert blocks and all(block.attn.fused_attn for block in blocks)

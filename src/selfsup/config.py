@@ -248,6 +248,9 @@ class TrainingConfig(StrictModel):
     """Optimizer and schedules, identical in form for every method."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU is opt-in (BENCHMARKS.md
+    # measures its speed and accuracy on the development CPU).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)

@@ -103,7 +103,7 @@ def train(
     method.to(device)
     if isinstance(images, torch.Tensor):
         images = images.to(device)
-    use_bf16 = device.type == "cuda"
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
 
     groups = parameter_groups(method)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
