@@ -380,3 +380,18 @@ def test_attention_uses_scaled_dot_product_attention():
     method = make_ijepa()
     blocks = [*method.context_encoder.blocks, *method.predictor.blocks]
     assert blocks and all(block.attn.fused_attn for block in blocks)
+
+
+def test_dataloader_workers_give_the_same_training(tmp_path):
+    """Batches read by DataLoader worker processes equal those read in the loop."""
+    images = np.random.default_rng(8).integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    view = NormalizedImages(mapped, {"mean": [0.4], "std": [0.25]})
+    method_a, _, history_a = run(view, crop_scale=(0.5, 1))
+    method_b, _, history_b = run(view, crop_scale=(0.5, 1), loader_workers=2)
+    assert history_a["loss"].tolist() == history_b["loss"].tolist()
+    for (name, a), (_, b) in zip(
+        method_a.state_dict().items(), method_b.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name

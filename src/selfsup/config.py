@@ -262,6 +262,9 @@ class TrainingConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
     crop_scale: FloatRange | None = None
     num_threads: int | None = Field(None, ge=1)
+    # DataLoader processes that read and normalize batches ahead of the step (0: the
+    # training process does it between steps); results do not depend on it.
+    loader_workers: int = Field(0, ge=0)
     # A checkpoint every this many steps (and always one at the end); the last
     # `keep_checkpoints` are kept. `resume: true` continues from the newest one.
     checkpoint_every: int | None = Field(None, ge=1)

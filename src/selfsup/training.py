@@ -6,7 +6,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -66,6 +66,45 @@ def random_resized_crops(
         for i, image in enumerate(images):
             out[i] = crop(image)
     return out
+
+
+class _IndexedBatches(torch.utils.data.Dataset):
+    """`images[indices]` for a tensor of indices: one whole batch per DataLoader item."""
+
+    def __init__(self, images: NormalizedImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
+
+
+def batches(
+    images: torch.Tensor | NormalizedImages,
+    batch_indices: list[torch.Tensor],
+    workers: int,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """The batches for `batch_indices`, in order. A tensor already on the device is
+    indexed in place; `NormalizedImages` are read and normalized by `workers`
+    DataLoader processes ahead of the step (0: in this process), into pinned memory
+    when the step runs on CUDA. The batches are the same whatever the worker count."""
+    if isinstance(images, torch.Tensor):
+        return (images[indices.to(images.device)] for indices in batch_indices)
+    if workers == 0:
+        return (images[indices] for indices in batch_indices)
+    return iter(
+        torch.utils.data.DataLoader(
+            _IndexedBatches(images),
+            sampler=batch_indices,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=2,
+        )
+    )
 
 
 def train(
@@ -146,11 +185,16 @@ def train(
     for epoch in range(step // steps_per_epoch, config.epochs):
         if first_batch == 0:
             order = torch.randperm(images.shape[0], generator=generator)
-        batch_starts = range(
-            first_batch * config.batch_size, steps_per_epoch * config.batch_size, config.batch_size
-        )
+        batch_indices = [
+            order[start : start + config.batch_size]
+            for start in range(
+                first_batch * config.batch_size,
+                steps_per_epoch * config.batch_size,
+                config.batch_size,
+            )
+        ]
         first_batch = 0
-        for batch_start in batch_starts:
+        for loaded in batches(images, batch_indices, config.loader_workers, device):
             lr = warmup_cosine_schedule(
                 config.start_lr, config.lr, config.final_lr, warmup_steps, step, total_steps
             )
@@ -160,11 +204,7 @@ def train(
                 if group["apply_weight_decay"]:
                     group["weight_decay"] = weight_decay
 
-            indices = order[batch_start : batch_start + config.batch_size]
-            if isinstance(images, torch.Tensor):
-                batch = images[indices.to(device)]
-            else:
-                batch = images[indices].to(device, non_blocking=True)
+            batch = loaded.to(device, non_blocking=True)
             if config.crop_scale is not None:
                 batch = random_resized_crops(batch, config.crop_scale, generator)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -92,7 +92,14 @@ def pretrain_writing_to(
 
 
 # Settings that do not change what training computes: a run may resume across them.
-_RESUMABLE_ACROSS = {"resume", "checkpoint_every", "keep_checkpoints", "num_threads", "device"}
+_RESUMABLE_ACROSS = {
+    "resume",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_threads",
+    "device",
+    "loader_workers",
+}
 
 
 def _run_identity(
