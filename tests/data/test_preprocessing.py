@@ -96,3 +96,14 @@ def test_normalized_images_read_rows_of_a_memory_mapped_array(tmp_path):
     torch.testing.assert_close(view[np.array([4, 0, 2])], expected[[4, 0, 2]], rtol=0, atol=0)
     torch.testing.assert_close(view[1:3], expected[1:3], rtol=0, atol=0)
     torch.testing.assert_close(view[torch.tensor([3])], expected[[3]], rtol=0, atol=0)
+
+
+def test_channel_statistics_do_not_depend_on_chunk_size(monkeypatch):
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8)
+    rows = rng.random(30) < 0.5
+    whole = channel_statistics(images, rows)
+    # A byte budget smaller than one int64 row: one image per chunk.
+    monkeypatch.setattr("selfsup.data.chunked.CHUNK_BYTES", 8)
+    assert channel_statistics(images, rows) == whole
+    assert channel_statistics(images) == channel_statistics(images, np.ones(30, dtype=bool))

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from selfsup.config import StrictModel
-from selfsup.data.chunked import CHUNK_ROWS
+from selfsup.data.chunked import rows_per_chunk
 from selfsup.data.image_set import UNLABELLED, ImageSet
 
 
@@ -67,9 +67,10 @@ def as_uint8_images(images: np.ndarray, path: Path) -> np.ndarray:
                 f"[{low}, {high}]; rescale them to [0, 1] or store uint8 0..255"
             )
         converted = np.empty(images.shape, dtype=np.uint8)
-        for start in range(0, images.shape[0], CHUNK_ROWS):
-            chunk = np.asarray(images[start : start + CHUNK_ROWS], dtype=np.float64)
-            converted[start : start + CHUNK_ROWS] = np.rint(chunk * 255.0)
+        step = rows_per_chunk(images.shape[1:], np.dtype(np.float64).itemsize)
+        for start in range(0, images.shape[0], step):
+            chunk = np.asarray(images[start : start + step], dtype=np.float64)
+            converted[start : start + step] = np.rint(chunk * 255.0)
         return converted
     raise ValueError(
         f"{path}: images have dtype {images.dtype}; store them as uint8 (0..255) or as "

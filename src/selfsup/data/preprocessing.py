@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.data.chunked import iter_chunks
+from selfsup.data.chunked import iter_chunks, rows_per_chunk
 
 
 def _resize_chunk(chunk: np.ndarray, size: int) -> np.ndarray:
@@ -49,13 +49,18 @@ def channel_statistics(
 
     Sums of uint8 values and of their squares are exact in integers, so the statistics
     do not depend on chunking: std = sqrt(n * sum(x^2) - sum(x)^2) / (255 n)."""
-    selected = np.flatnonzero(rows) if rows is not None and rows.dtype == bool else rows
+    if rows is None:
+        selected = np.arange(images.shape[0])
+    else:
+        selected = np.flatnonzero(rows) if rows.dtype == bool else rows
     channels = images.shape[-1]
     total = np.zeros(channels, dtype=object)  # Python ints: no overflow
     squares = np.zeros(channels, dtype=object)
     count = 0
-    source = iter_chunks(images) if selected is None else _rows(images, selected)
-    for chunk in source:
+    # Chunks sized for the int64 copy below, not for the uint8 rows.
+    step = rows_per_chunk(images.shape[1:], np.dtype(np.int64).itemsize)
+    for start in range(0, len(selected), step):
+        chunk = images[selected[start : start + step]]
         pixels = chunk.reshape(-1, channels).astype(np.int64)
         total += pixels.sum(axis=0).astype(object)
         squares += (pixels * pixels).sum(axis=0).astype(object)
@@ -66,12 +71,6 @@ def channel_statistics(
     variance = [max(0, count * q - s * s) for s, q in zip(total, squares, strict=True)]
     std = [float(np.sqrt(float(v))) / (255.0 * count) for v in variance]
     return {"mean": mean, "std": [max(s, 1e-8) for s in std]}
-
-
-def _rows(images: np.ndarray, selected: np.ndarray) -> Iterator[np.ndarray]:
-    step = 4096
-    for start in range(0, len(selected), step):
-        yield images[selected[start : start + step]]
 
 
 def _normalize(uint8_nhwc: torch.Tensor, normalization: dict) -> torch.Tensor:

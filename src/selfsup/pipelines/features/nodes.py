@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
+from selfsup.data.chunked import rows_per_chunk
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import evaluated_rows
 from selfsup.evaluation import encoder_features
@@ -75,6 +76,7 @@ def raw_pixel_features(
     """The normalized encoder input, flattened."""
     images = evaluated_images(model_input_images, samples, normalization)
     out = np.empty((len(images), int(np.prod(images.shape[1:]))), dtype=np.float32)
-    for start in range(0, len(images), 4096):
-        out[start : start + 4096] = images[start : start + 4096].flatten(1).numpy()
+    step = rows_per_chunk(images.shape[1:], out.itemsize)
+    for start in range(0, len(images), step):
+        out[start : start + step] = images[start : start + step].flatten(1).numpy()
     return out
