@@ -6,15 +6,18 @@ encoder, masking and the method's hyperparameters; AdamW over
 `selfsup.training.parameter_groups` with the method's lr, betas and first weight decay),
 and the real training step is timed:
 
-    loss = method.training_loss(batch, np_rng)          # under torch.autocast(bf16) if
+    inputs = method.input_sampler()(batch, draws)       # masks or views, keyed by row
+    loss = method(inputs)                               # under torch.autocast(bf16) if
     loss.item()                                         #   --precision bf16
     optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
     method.after_optimizer_step(step, total_steps)
 
 on one fixed batch of random images (uniform pixels, normalized per channel with their
 own mean and std), resident on the device: batch reading and normalization, and the
-training loop's RandomResizedCrop (I-JEPA, MAE; SimCLR draws its views inside
-`training_loss` and is timed with them) are not timed unless --crops is given.
+training loop's RandomResizedCrop (I-JEPA, MAE) are not timed unless --crops is given;
+masks and SimCLR's views are drawn in the step and timed (as with loader_workers: 0;
+with loader workers they are drawn ahead of the step). --compile times the
+`torch.compile`d method (the FLOP-counting steps stay eager).
 --flop-steps untimed steps count FLOPs, then --warmup untimed steps, then --steps timed
 steps, each timed on its own (CUDA synchronized before and after). Reported per method:
 - images/s = batch size x timed steps / their total time; ms per step, median and mean;
@@ -56,7 +59,7 @@ Usage (repository root, project environment):
     python benchmarks/pretrain_throughput.py [--methods ijepa mae simclr]
         [--size default|vit_b16|tiny] [--device auto|cpu|cuda] [--precision fp32|bf16]
         [--batch-size 64] [--flop-steps 3] [--warmup 3] [--steps 10] [--peak-size N]
-        [--peak-trials 5] [--threads N] [--crops] [--seed 0] [--json PATH]
+        [--peak-trials 5] [--threads N] [--crops] [--compile] [--seed 0] [--json PATH]
 --precision defaults to bf16 on CUDA (as the training loop) and fp32 on CPU. Prints the
 date, the machine, torch's version, the command and a Markdown table for BENCHMARKS.md.
 """
@@ -85,9 +88,11 @@ from default_run import cpu_model, write_json
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from selfsup.batches import random_resized_crops
 from selfsup.config import EncoderConfig, MaskingConfig, TrainingConfig
 from selfsup.methods import METHODS, build_method
-from selfsup.training import parameter_groups, random_resized_crops
+from selfsup.randomness import SampleDraws
+from selfsup.training import parameter_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -300,19 +305,23 @@ def measure(name: str, config: dict, args, device: torch.device, bf16: bool) -> 
     for group in optimizer.param_groups:
         if group["apply_weight_decay"]:
             group["weight_decay"] = training.weight_decay[0]
-    np_rng = np.random.default_rng(args.seed)
-    crop_generator = torch.Generator().manual_seed(args.seed)
     crop_scale = training.crop_scale if args.crops else None
     total_steps = args.flop_steps + args.warmup + args.steps
     step = 0
+    input_sampler = method.input_sampler()
+    compiled = torch.compile(method) if args.compile else method
 
-    def training_step() -> float:
+    def training_step(model: torch.nn.Module = compiled) -> float:
         nonlocal step
+        draws = SampleDraws(args.seed, 0, step, np.arange(args.batch_size))
         batch = images
         if crop_scale is not None:
-            batch = random_resized_crops(images, crop_scale, crop_generator)
+            batch = random_resized_crops(images, crop_scale, draws)
+        inputs = {
+            k: v.to(device, non_blocking=True) for k, v in input_sampler(batch, draws).items()
+        }
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = method.training_loss(batch, np_rng)
+            loss = model(inputs)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"{name}: loss {value} at step {step}")
@@ -329,7 +338,7 @@ def measure(name: str, config: dict, args, device: torch.device, bf16: bool) -> 
     for _ in range(args.flop_steps):
         counter = FlopCounterMode(display=False)
         with counter:
-            training_step()
+            training_step(method)  # eager: the counter sees every operation
         counts = counter.get_flop_counts()
         step_flops.append(counter.get_total_flops())
         attention += sum(n for op, n in counts.get("Global", {}).items() if is_attention(op))
@@ -448,6 +457,9 @@ def main() -> int:
     parser.add_argument(
         "--crops", action="store_true", help="also time the loop's RandomResizedCrop"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="time the torch.compile'd method (training.compile)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -504,6 +516,7 @@ def main() -> int:
         f"{args.warmup} warm-up steps, "
         f"{args.steps} timed steps per method; "
         + ("the loop's crops timed" if args.crops else "crops of the loop not timed")
+        + (", torch.compile" if args.compile else "")
     )
     print(
         f"- MFU peak ({precision}, best of {args.peak_trials} timings of "

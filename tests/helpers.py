@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from selfsup.config import EncoderConfig, MaskingConfig, TrainingConfig
 from selfsup.methods import build_method
+from selfsup.randomness import SampleDraws
 
 TINY_ENCODER = EncoderConfig(embed_dim=32, depth=1, num_heads=2)
 TINY_PREDICTOR = {"embed_dim": 16, "depth": 1, "num_heads": 2}
@@ -82,3 +84,13 @@ TINY_RUN = {
     "masking": {"stats_num_masks": 1000},
     "evaluation": {"c_grid": [0.1, 1.0], "low_shot": {"draws": 2}},
 }
+
+
+def draws_for(images, seed: int = 0) -> SampleDraws:
+    """The draws of rows 0..len(images)-1 at epoch 0, step 0."""
+    return SampleDraws(seed, 0, 0, np.arange(len(images)))
+
+
+def pretraining_run(namespace: str) -> tuple[str, ...]:
+    """`kedro` arguments that pretrain one method with the parameters of run.yml."""
+    return ("run", "--config", "run.yml", "--pipelines", "pretraining", "--namespaces", namespace)

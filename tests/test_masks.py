@@ -19,8 +19,10 @@ from selfsup.masks import (
     block_shape,
     build_mask_sampler,
     measure_mask_statistics,
+    sample_masks,
 )
 from selfsup.methods import build_method
+from selfsup.randomness import SampleDraws
 from tests.helpers import TINY_ENCODER, TINY_PREDICTOR, block_dim_bounds, expected_block_dims
 
 NUM_BATCHES = 300
@@ -609,12 +611,12 @@ def test_ijepa_trains_with_every_strategy(strategy):
     method = build_method("ijepa", {"predictor": TINY_PREDICTOR}, TINY_ENCODER, masking, in_chans=1)
     assert method.sampler.strategy == strategy
     images = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    rng = np.random.default_rng(0)
-    masks = method.sampler.sample(4, np.random.default_rng(0))
+    draws = SampleDraws.first_batch(4)
+    masks = sample_masks(method.sampler, draws)
     predictions, targets = method.forward_with_masks(images, masks)
     assert predictions.shape == (*masks.target_indices.shape, TINY_ENCODER.embed_dim)
     assert predictions.shape == targets.shape
-    loss = method.training_loss(images, rng)
+    loss = method.loss_on(images, draws)
     assert loss.ndim == 0
     assert torch.isfinite(loss)
     assert loss.item() > 0

@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from selfsup.batches import random_resized_crops
 from selfsup.checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from selfsup.data.preprocessing import NormalizedImages, to_model_input
 from selfsup.evaluation import encoder_features
-from selfsup.training import (
-    NonFiniteLossError,
-    parameter_groups,
-    random_resized_crops,
-    resolve_device,
-    train,
-)
+from selfsup.randomness import SampleDraws
+from selfsup.training import NonFiniteLossError, parameter_groups, resolve_device, train
 from tests.helpers import make_ijepa, tiny_training
 
 HISTORY_COLUMNS = {"step", "epoch", "loss", "lr", "weight_decay", "momentum"}
@@ -116,11 +112,11 @@ def test_non_finite_loss_raises_naming_the_step(module_images, monkeypatch):
     real_loss = method.training_loss
     calls = []
 
-    def nan_on_third_step(batch, rng):
+    def nan_on_third_step(inputs):
         calls.append(1)
         if len(calls) == 3:
             return torch.tensor(float("nan"), requires_grad=True)
-        return real_loss(batch, rng)
+        return real_loss(inputs)
 
     monkeypatch.setattr(method, "training_loss", nan_on_third_step)
     with pytest.raises(NonFiniteLossError, match="at step 2 ") as caught:
@@ -132,7 +128,7 @@ def test_non_finite_loss_raises_naming_the_step(module_images, monkeypatch):
 def test_infinite_loss_raises(module_images, monkeypatch):
     method = make_ijepa()
     monkeypatch.setattr(
-        method, "training_loss", lambda batch, rng: torch.tensor(math.inf, requires_grad=True)
+        method, "training_loss", lambda inputs: torch.tensor(math.inf, requires_grad=True)
     )
     with pytest.raises(NonFiniteLossError, match="at step 0 "):
         train(method, module_images, tiny_training(), seed=0)
@@ -186,7 +182,7 @@ def test_weight_decay_is_applied_to_matrices_only(module_images):
     norm_before = encoder.norm.weight.detach().clone()
     weight_before = encoder.blocks[0].attn.qkv.weight.detach().clone()
 
-    def zero_loss(batch, rng):
+    def zero_loss(inputs):
         return sum((p * 0).sum() for p in method.parameters() if p.requires_grad)
 
     method.training_loss = zero_loss
@@ -211,21 +207,27 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_random_resized_crops_are_per_image_and_seeded():
+def test_random_resized_crops_are_per_image_and_keyed_by_row():
     image = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     images = image.repeat(6, 1, 1, 1)
-    crops = random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
-    again = random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
+    draws = SampleDraws(1, 0, 0, np.arange(6))
+    crops = random_resized_crops(images, (0.2, 0.5), draws)
+    again = random_resized_crops(images, (0.2, 0.5), draws)
     assert crops.shape == images.shape
     assert torch.equal(crops, again)
     # Identical inputs, different crops: one crop per image, not one per call.
     assert len({tuple(c.flatten().tolist()) for c in crops}) == 6
     assert not torch.equal(crops[0], image[0])
+    # A row's crop depends on its row and epoch, not its position in the batch.
+    reordered = random_resized_crops(images[:2], (0.2, 0.5), SampleDraws(1, 0, 7, np.array([4, 1])))
+    assert torch.equal(reordered[0], crops[4]) and torch.equal(reordered[1], crops[1])
+    next_epoch = random_resized_crops(images, (0.2, 0.5), SampleDraws(1, 1, 0, np.arange(6)))
+    assert not torch.equal(next_epoch, crops)
     # The global torch RNG is left alone.
     torch.manual_seed(5)
     expected_next = torch.rand(1)
     torch.manual_seed(5)
-    random_resized_crops(images, (0.2, 0.5), torch.Generator().manual_seed(1))
+    random_resized_crops(images, (0.2, 0.5), draws)
     assert torch.equal(torch.rand(1), expected_next)
 
 
@@ -395,3 +397,23 @@ def test_dataloader_workers_give_the_same_training(tmp_path):
         method_a.state_dict().items(), method_b.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_compiled_training_matches_eager(first_run, module_images):
+    """training.compile: the same losses and weights as eager, to float rounding. Slow
+    (about 45 s on 2 cores: I-JEPA's context length changes, so it compiles twice)."""
+    eager, _, eager_history = first_run
+    compiled, _, history = run(module_images, compile=True)
+    np.testing.assert_allclose(history["loss"], eager_history["loss"], rtol=1e-5)
+    for (name, a), (_, b) in zip(
+        compiled.state_dict().items(), eager.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_training(module_images, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(
+        RuntimeError, match="training.compile: true on CPU needs a C\\+\\+ compiler"
+    ):
+        run(module_images, compile=True)

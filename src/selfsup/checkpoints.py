@@ -2,9 +2,10 @@
 
 A checkpoint holds everything the training loop's next step depends on: the method's
 modules (context and target encoders, predictor, decoder or head), the optimizer, the
-step and epoch, the current epoch's sample order, the states of every random number
-generator, the history so far and the elapsed time. There is no gradient scaler to
-save: bf16 autocast needs none.
+step and epoch (the schedules' position), the history so far and the elapsed time.
+There is no random state to save (sample order, masks, crops and views are functions of
+seed, epoch, step and image; dropout is reseeded every step) and no gradient scaler
+(bf16 autocast needs none). Only rank 0 of a data-parallel run writes them.
 
 Files are written to a temporary name and renamed (a crash never leaves half a file),
 the last `keep` are kept, and they are loaded with `torch.load(weights_only=True)`:

@@ -262,9 +262,16 @@ class TrainingConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
     crop_scale: FloatRange | None = None
     num_threads: int | None = Field(None, ge=1)
-    # DataLoader processes that read and normalize batches ahead of the step (0: the
-    # training process does it between steps); results do not depend on it.
+    # DataLoader processes that read, normalize, crop and mask batches ahead of the
+    # step (0: the training process does it between steps); results do not depend on it.
     loader_workers: int = Field(0, ge=0)
+    # Micro-batches per process and step: the gradient of batch_size images is summed
+    # from accumulation_steps smaller forward/backward passes (less memory, same
+    # result; SimCLR's negatives then come from one micro-batch, not the whole batch).
+    accumulation_steps: int = Field(1, ge=1)
+    # torch.compile the training step's model (faster on GPU after a compile of about
+    # a minute; needs a C++ compiler on CPU).
+    compile: bool = False
     # A checkpoint every this many steps (and always one at the end); the last
     # `keep_checkpoints` are kept. `resume: true` continues from the newest one.
     checkpoint_every: int | None = Field(None, ge=1)

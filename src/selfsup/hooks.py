@@ -13,6 +13,45 @@ class MissingInputsError(RuntimeError):
     """A partial run (`--namespaces`, `--pipelines`) needs outputs no run produced yet."""
 
 
+class DistributedRunError(RuntimeError):
+    """A `torchrun` launch asked for more than pretraining."""
+
+
+# The pretraining template's nodes (every method namespace has both).
+_TRAINING_NODES = {"pretrain", "plot_loss_curve"}
+
+
+class DistributedHooks:
+    """Under `torchrun`, every process runs the same `kedro run`: each trains its share
+    of every batch, and only rank 0 writes. The run must be pretraining alone, since
+    the other pipelines would run once per process."""
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        from selfsup import distributed
+
+        if not distributed.launched_with_torchrun():
+            return
+        others = sorted(
+            node.name for node in pipeline.nodes if node.name.split(".")[-1] not in _TRAINING_NODES
+        )
+        if others:
+            raise DistributedRunError(
+                f"under torchrun, run the pretraining pipeline alone (this run also has "
+                f"{', '.join(others[:4])}{' ...' if len(others) > 4 else ''}): first "
+                "`kedro run --pipelines ingestion,masking` once, then `torchrun ... "
+                "--no-python kedro run --pipelines pretraining`, then `kedro run "
+                "--pipelines features,evaluation,report` (README, 'Several GPUs')"
+            )
+        if not distributed.is_main_process():
+            from kedro.io import MemoryDataset
+
+            # Rank 0 writes the encoders, histories and plots; the others keep theirs
+            # in memory, where their own plotting node still finds them.
+            for name in pipeline.all_outputs():
+                catalog[name] = MemoryDataset()
+
+
 class ReportHooks:
     """Checks a partial run's inputs up front, stops a run that would probe unlabelled
     images before it trains, and logs the comparison table at the end."""

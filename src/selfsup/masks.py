@@ -7,12 +7,14 @@ timm's `PatchEmbed` flattens them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from selfsup.config import BlockMaskConfig, MaskingConfig, MultiBlockConfig, RandomMaskConfig
+from selfsup.randomness import SampleDraws
 
 
 class MaskSamplingError(ValueError):
@@ -98,9 +100,11 @@ class MultiBlockMaskSampler:
     redrawn.
 
     Relation to the official code's quirks:
-    - kept: the target block shape (height x width) is drawn once per batch and shared by
-      all M blocks of all images, so targets stack into one (B, M, Lt) tensor without
-      padding. Positions are drawn per image and per block.
+    - kept: the target block shape (height x width) is drawn once per step (from the
+      step's own generator, so every micro-batch and process of a global batch agrees)
+      and shared by all M blocks of all images, so targets stack into one (B, M, Lt)
+      tensor without padding. Positions are drawn per image and per block, from the
+      image's own generator (`selfsup.randomness`).
     - fixed: the context shape is drawn per image, not per batch.
     - fixed: scale and aspect ratio are drawn independently (the official code uses one
       random number for both, which couples large blocks with tall ones).
@@ -161,14 +165,20 @@ class MultiBlockMaskSampler:
         )
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        return self.sample_rows(rng, [rng] * batch_size)
+
+    def sample_rows(
+        self, batch_rng: np.random.Generator, row_rngs: Sequence[np.random.Generator]
+    ) -> MaskBatch:
         target_shape = self.draw_shape(
-            rng, self.config.target_scale, self.config.target_aspect_ratio
+            batch_rng, self.config.target_scale, self.config.target_aspect_ratio
         )
         contexts, targets = [], []
-        for _ in range(batch_size):
+        for rng in row_rngs:
             context, blocks, _ = self.sample_one(rng, target_shape)
             contexts.append(context)
             targets.append(np.stack(blocks))
+        batch_size = len(row_rngs)
         longest = max(len(c) for c in contexts)
         context_indices = np.zeros((batch_size, longest), dtype=np.int64)
         context_valid = np.zeros((batch_size, longest), dtype=bool)
@@ -233,8 +243,16 @@ class RasterizedMaskSampler:
         return self.grid * self.grid
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        return self._quadrant_masks(rng.integers(0, 4, size=batch_size))
+
+    def sample_rows(
+        self, batch_rng: np.random.Generator, row_rngs: Sequence[np.random.Generator]
+    ) -> MaskBatch:
+        return self._quadrant_masks([rng.integers(0, 4) for rng in row_rngs])
+
+    def _quadrant_masks(self, context_quadrants) -> MaskBatch:
         contexts, targets = [], []
-        for context in rng.integers(0, 4, size=batch_size):
+        for context in context_quadrants:
             contexts.append(self.quadrants[context])
             targets.append(np.stack([self.quadrants[q] for q in range(4) if q != context]))
         return _fixed_length_batch(contexts, targets)
@@ -261,10 +279,15 @@ class BlockMaskSampler:
         return self.grid * self.grid
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        return self.sample_rows(rng, [rng] * batch_size)
+
+    def sample_rows(
+        self, batch_rng: np.random.Generator, row_rngs: Sequence[np.random.Generator]
+    ) -> MaskBatch:
         cfg = self.config
-        shape = draw_block_shape(rng, cfg.target_scale, cfg.target_aspect_ratio, self.grid)
+        shape = draw_block_shape(batch_rng, cfg.target_scale, cfg.target_aspect_ratio, self.grid)
         contexts, targets = [], []
-        for _ in range(batch_size):
+        for rng in row_rngs:
             target = np.flatnonzero(place_block(rng, shape, self.grid))
             contexts.append(_complement(self.grid, target))
             targets.append(target[None])
@@ -300,8 +323,13 @@ class RandomMaskSampler:
         return round(self.config.target_ratio * self.num_patches)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        return self.sample_rows(rng, [rng] * batch_size)
+
+    def sample_rows(
+        self, batch_rng: np.random.Generator, row_rngs: Sequence[np.random.Generator]
+    ) -> MaskBatch:
         contexts, targets = [], []
-        for _ in range(batch_size):
+        for rng in row_rngs:
             target = np.sort(rng.permutation(self.num_patches)[: self.num_target_patches])
             contexts.append(_complement(self.grid, target))
             targets.append(target[None])
@@ -323,7 +351,20 @@ class MaskSampler(Protocol):
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch: ...
 
+    def sample_rows(
+        self, batch_rng: np.random.Generator, row_rngs: Sequence[np.random.Generator]
+    ) -> MaskBatch:
+        """Masks drawn row by row from `row_rngs`; what rows share (a block shape) from
+        `batch_rng`. `sample(n, rng)` is `sample_rows(rng, [rng] * n)`."""
+        ...
+
     def check_feasible(self) -> None: ...
+
+
+def sample_masks(sampler: MaskSampler, draws: SampleDraws) -> MaskBatch:
+    """The masks of one (micro-)batch: each row's a function of (seed, epoch, row),
+    the shared block shape a function of (seed, step)."""
+    return sampler.sample_rows(draws.for_batch("masks"), draws.per_sample("masks"))
 
 
 def build_mask_sampler(masking: MaskingConfig) -> MaskSampler:

@@ -4,10 +4,10 @@ https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration""
 
 # Instantiated project hooks.
 # For example, after creating a hooks.py and defining a ProjectHooks class there, do
-from selfsup.hooks import ReportHooks
+from selfsup.hooks import DistributedHooks, ReportHooks
 
 # Hooks are executed in a Last-In-First-Out (LIFO) order.
-HOOKS = (ReportHooks(),)
+HOOKS = (DistributedHooks(), ReportHooks())
 
 # Installed plugins for which to disable hook auto-registration.
 # DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.transforms import v2
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from selfsup import distributed
+from selfsup.batches import BatchPlan, MethodInputs, method_inputs
 from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import TrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
@@ -54,57 +58,11 @@ def parameter_groups(module: torch.nn.Module) -> list[dict]:
     ]
 
 
-def random_resized_crops(
-    images: torch.Tensor, scale: tuple[float, float], generator: torch.Generator
-) -> torch.Tensor:
-    """An independent RandomResizedCrop per image (torchvision's applies one per call)."""
-    size = list(images.shape[-2:])
-    crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
-    out = torch.empty_like(images)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        for i, image in enumerate(images):
-            out[i] = crop(image)
-    return out
-
-
-class _IndexedBatches(torch.utils.data.Dataset):
-    """`images[indices]` for a tensor of indices: one whole batch per DataLoader item."""
-
-    def __init__(self, images: NormalizedImages) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.images[indices]
-
-
-def batches(
-    images: torch.Tensor | NormalizedImages,
-    batch_indices: list[torch.Tensor],
-    workers: int,
-    device: torch.device,
-) -> Iterator[torch.Tensor]:
-    """The batches for `batch_indices`, in order. A tensor already on the device is
-    indexed in place; `NormalizedImages` are read and normalized by `workers`
-    DataLoader processes ahead of the step (0: in this process), into pinned memory
-    when the step runs on CUDA. The batches are the same whatever the worker count."""
-    if isinstance(images, torch.Tensor):
-        return (images[indices.to(images.device)] for indices in batch_indices)
-    if workers == 0:
-        return (images[indices] for indices in batch_indices)
-    return iter(
-        torch.utils.data.DataLoader(
-            _IndexedBatches(images),
-            sampler=batch_indices,
-            batch_size=None,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            prefetch_factor=2,
-        )
-    )
+def _seed_stochastic_layers(seed: int, step: int) -> None:
+    """Dropout and stochastic depth draw from torch's global generator: reseeded from
+    (seed, step, rank) every step, so a resumed run needs no saved generator state."""
+    key = [seed, 0x64726F70, step, distributed.rank()]  # 0x64726F70: "drop"
+    torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
 
 
 def train(
@@ -122,23 +80,44 @@ def train(
     `images` is a tensor (moved to the device whole) or `NormalizedImages`, which reads
     each batch from a (memory-mapped) uint8 array, for datasets larger than memory.
 
-    Every random choice (shuffling, masks, crops) derives from `seed`. `on_epoch_end`
-    is called with the finished epoch's index and the method (e.g. to probe it);
-    `on_step` with each step's history row as it is recorded (e.g. to log it live).
+    Every random choice (order, masks, crops, views, dropout) is a function of `seed`,
+    the epoch or step, and the image's row (`selfsup.batches`), so the result does not
+    depend on loader workers, gradient accumulation or the number of processes (up to
+    float rounding). `on_epoch_end` is called with the finished epoch's index and the
+    method (e.g. to probe it); `on_step` with each step's history row as it is recorded
+    (e.g. to log it live); both only in the main process.
+
+    Under `torchrun`, each process trains a replica with DistributedDataParallel on its
+    share of every global batch of `config.batch_size`; losses are averaged over
+    processes for the history, and only rank 0 writes checkpoints.
 
     With `checkpoints`, the full training state is saved every `config.checkpoint_every`
     steps and at the end; with `config.resume`, training continues from the newest
     checkpoint (its history rows are replayed through `on_step` first) and ends with
     the same weights as a run that was never interrupted.
     """
-    if images.shape[0] < config.batch_size:
+    device = distributed.training_device(resolve_device(config.device))
+    distributed.ensure_process_group(device)
+    main = distributed.is_main_process()
+    plan = BatchPlan(
+        config.batch_size,
+        distributed.world_size(),
+        distributed.rank(),
+        config.accumulation_steps,
+    )
+    num_images = images.shape[0]
+    if num_images < config.batch_size:
         raise ValueError(
-            f"training.batch_size={config.batch_size} exceeds the {images.shape[0]} "
+            f"training.batch_size={config.batch_size} exceeds the {num_images} "
             "training images; lower the batch size"
+        )
+    if config.compile and device.type == "cpu" and not shutil.which("c++"):
+        raise RuntimeError(
+            "training.compile: true on CPU needs a C++ compiler (c++ on PATH) for "
+            "torch.compile's generated kernels; install one (e.g. g++) or set compile: false"
         )
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
     method.to(device)
     if isinstance(images, torch.Tensor):
         images = images.to(device)
@@ -146,30 +125,36 @@ def train(
 
     groups = parameter_groups(method)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-    steps_per_epoch = images.shape[0] // config.batch_size
+    steps_per_epoch = plan.steps_per_epoch(num_images)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-    mask_rng = np.random.default_rng(seed)
 
     history: list[dict] = []
-    step, elapsed_before, order = 0, 0.0, None
-    resumed = checkpoints.load_latest() if checkpoints and config.resume else None
+    step, elapsed_before = 0, 0.0
+    resumed = checkpoints.load_latest() if checkpoints and config.resume and main else None
+    resumed = distributed.broadcast_from_main(resumed)
     if resumed is not None:
         method.load_state_dict(resumed["method"])
         optimizer.load_state_dict(resumed["optimizer"])
-        generator.set_state(resumed["generator"])
-        mask_rng.bit_generator.state = resumed["mask_rng"]
-        torch.set_rng_state(resumed["torch_rng"])
-        if device.type == "cuda" and resumed["cuda_rng"]:
-            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
-        history, step, order = resumed["history"], resumed["step"], resumed["order"]
+        history, step = resumed["history"], resumed["step"]
         elapsed_before = history[-1]["elapsed_s"] if history else 0.0
         for row in history:
-            if on_step is not None:
+            if on_step is not None and main:
                 on_step(row)
-    elif checkpoints is not None:
+    elif checkpoints is not None and main:
         checkpoints.clear()  # from an earlier run: never mix two runs' checkpoints
+
+    model: torch.nn.Module = method
+    ddp = None
+    if distributed.is_running():
+        model = ddp = DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+    if config.compile:
+        model = torch.compile(model)
+    inputs = MethodInputs(images, method.input_sampler(), config.crop_scale)
     method.train()
     # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
     progress = tqdm(
@@ -178,23 +163,18 @@ def train(
         desc=description,
         unit="step",
         mininterval=0.5 if sys.stderr.isatty() else 15.0,
+        disable=not main,
     )
     start = time.perf_counter() - elapsed_before
     elapsed = elapsed_before
-    first_batch = step % steps_per_epoch
     for epoch in range(step // steps_per_epoch, config.epochs):
-        if first_batch == 0:
-            order = torch.randperm(images.shape[0], generator=generator)
-        batch_indices = [
-            order[start : start + config.batch_size]
-            for start in range(
-                first_batch * config.batch_size,
-                steps_per_epoch * config.batch_size,
-                config.batch_size,
-            )
-        ]
-        first_batch = 0
-        for loaded in batches(images, batch_indices, config.loader_workers, device):
+        micro_batches = method_inputs(
+            inputs,
+            plan.micro_batches(num_images, seed, epoch, step),
+            config.loader_workers,
+            pin_memory=device.type == "cuda",
+        )
+        for _ in range(step, (epoch + 1) * steps_per_epoch):
             lr = warmup_cosine_schedule(
                 config.start_lr, config.lr, config.final_lr, warmup_steps, step, total_steps
             )
@@ -204,20 +184,25 @@ def train(
                 if group["apply_weight_decay"]:
                     group["weight_decay"] = weight_decay
 
-            batch = loaded.to(device, non_blocking=True)
-            if config.crop_scale is not None:
-                batch = random_resized_crops(batch, config.crop_scale, generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = method.training_loss(batch, mask_rng)
-            loss_value = loss.item()
+            _seed_stochastic_layers(seed, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(plan.accumulation_steps):
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(micro_batches).items()}
+                last = micro == plan.accumulation_steps - 1
+                # Gradients are averaged over processes once, after the last micro-batch.
+                with nullcontext() if last or ddp is None else ddp.no_sync():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        loss = model(batch) / plan.accumulation_steps
+                    loss.backward()
+                loss_sum += loss.detach()
+            loss_value = distributed.mean_over_ranks(loss_sum).item()
             if not math.isfinite(loss_value):
                 progress.close()
                 raise NonFiniteLossError(
                     f"{description}: loss is {loss_value} at step {step} (epoch {epoch}, "
                     f"lr {lr:.3g}); lower training.lr or set training.grad_clip"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
             optimizer.step()
@@ -235,21 +220,16 @@ def train(
                 "elapsed_s": elapsed,
             }
             history.append(row)
-            if on_step is not None:
+            if on_step is not None and main:
                 on_step(row)
             step += 1
-            if checkpoints is not None and checkpoints.due(step, total_steps):
+            if checkpoints is not None and main and checkpoints.due(step, total_steps):
                 checkpoints.save(
                     {
                         "step": step,
                         "epoch": epoch,
                         "method": method.state_dict(),
                         "optimizer": optimizer.state_dict(),
-                        "order": order,
-                        "generator": generator.get_state(),
-                        "mask_rng": mask_rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
                         "history": history,
                     }
                 )
@@ -259,18 +239,20 @@ def train(
                 loss=f"{loss_value:.4f}",
                 img_s=f"{step * config.batch_size / elapsed:.0f}",
             )
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and main:
             on_epoch_end(epoch, method)
             method.train()
     progress.close()
     method.eval()
-    logger.info(
-        "%s: %d steps in %.1f s (%.0f images/s) on %s, final loss %.4f",
-        description,
-        total_steps,
-        elapsed,
-        total_steps * config.batch_size / elapsed,
-        device,
-        history[-1]["loss"],
-    )
+    if main:
+        logger.info(
+            "%s: %d steps in %.1f s (%.0f images/s) on %d x %s, final loss %.4f",
+            description,
+            total_steps,
+            elapsed,
+            total_steps * config.batch_size / elapsed,
+            plan.world_size,
+            device,
+            history[-1]["loss"],
+        )
     return pd.DataFrame(history)

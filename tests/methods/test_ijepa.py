@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.masks import MaskBatch
+from selfsup.masks import MaskBatch, sample_masks
 from selfsup.methods import METHODS, build_method
 from selfsup.methods.ijepa import IJEPA, ema_update, prediction_loss
 from selfsup.training import train
-from tests.helpers import TINY_ENCODER, TINY_MASKING, make_ijepa, tiny_training
+from tests.helpers import TINY_ENCODER, TINY_MASKING, draws_for, make_ijepa, tiny_training
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 5) -> None:
@@ -127,8 +127,8 @@ def test_training_loss_is_the_configured_loss_of_sampled_masks(images, loss):
     method = make_ijepa(loss=loss)
     perturb(method.target_encoder)
     method.eval()
-    got = method.training_loss(images[:4], np.random.default_rng(11))
-    masks = method.sampler.sample(4, np.random.default_rng(11))
+    got = method.loss_on(images[:4], draws_for(images[:4], 11))
+    masks = sample_masks(method.sampler, draws_for(images[:4], 11))
     predictions, targets = method.forward_with_masks(images[:4], masks)
     diff = (predictions - targets).detach()
     if loss == "l2":
@@ -141,7 +141,7 @@ def test_training_loss_is_the_configured_loss_of_sampled_masks(images, loss):
 
 def test_gradients_reach_context_encoder_and_predictor_only(method, images):
     method.train()
-    loss = method.training_loss(images[:4], np.random.default_rng(0))
+    loss = method.loss_on(images[:4], draws_for(images[:4], 0))
     loss.backward()
     for name, param in method.context_encoder.named_parameters():
         assert param.grad is not None, name

@@ -31,7 +31,7 @@ def test_registered_and_validated_by_name():
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 def test_random_masking_keeps_exactly_int_n_times_one_minus_r(ratio):
     n = 64
-    kept, restore = random_masking(16, n, ratio, np.random.default_rng(0))
+    kept, restore = random_masking(n, ratio, [np.random.default_rng(0)] * 16)
     assert kept.shape == (16, int(n * (1 - ratio)))
     for row in range(16):
         assert len(set(kept[row].tolist())) == kept.shape[1]
@@ -41,18 +41,23 @@ def test_random_masking_keeps_exactly_int_n_times_one_minus_r(ratio):
     assert sorted(restore[0].tolist()) == list(range(n))
 
 
-def test_random_masking_is_a_function_of_the_rng():
-    a = random_masking(4, 64, 0.75, np.random.default_rng(3))
-    b = random_masking(4, 64, 0.75, np.random.default_rng(3))
-    c = random_masking(4, 64, 0.75, np.random.default_rng(4))
+def test_random_masking_is_a_function_of_each_rows_rng():
+    def rngs(*seeds):
+        return [np.random.default_rng(seed) for seed in seeds]
+
+    a = random_masking(64, 0.75, rngs(3, 5, 7))
+    b = random_masking(64, 0.75, rngs(3, 5, 7))
+    c = random_masking(64, 0.75, rngs(4, 5, 7))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0])
+    # Row i depends on its own generator only.
+    assert not torch.equal(a[0][0], c[0][0])
+    assert torch.equal(a[0][1:], c[0][1:])
 
 
 def test_unshuffle_puts_visible_tokens_back_at_their_patch_and_mask_tokens_elsewhere():
     decoder = tiny_mae().decoder
     n, dim = 64, decoder.mask_token.shape[-1]
-    kept, restore = random_masking(3, n, 0.75, np.random.default_rng(1))
+    kept, restore = random_masking(n, 0.75, [np.random.default_rng(1)] * 3)
     # Token of patch p carries the value p in every channel, so its place is checkable.
     visible = kept[..., None].float().expand(-1, -1, dim)
     full = decoder.unshuffle(visible, restore)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from selfsup.methods.ijepa import IJEPA
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import encoder_from_checkpoint
 from selfsup.pipelines.pretraining.nodes import pretrain
+from selfsup.randomness import SampleDraws
 from selfsup.training import train
 from tests.helpers import TINY_ENCODER, tiny_training
 
@@ -24,6 +27,17 @@ MASKING = MaskingConfig(image_size=16, patch_size=4)  # 4x4 grid: cheap
 
 class ToyConfig(StrictModel):
     noise_std: float = Field(0.1, gt=0)
+
+
+@dataclass(frozen=True)
+class ToyNoise:
+    """Gaussian noise per image, from that image's own generator."""
+
+    std: float
+
+    def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        noise = np.stack([rng.standard_normal(images.shape[1:]) for rng in draws.per_sample("toy")])
+        return {"images": images, "noise": self.std * torch.from_numpy(noise).to(images)}
 
 
 class ToyMethod(PretrainingMethod):
@@ -40,9 +54,12 @@ class ToyMethod(PretrainingMethod):
         self.head = nn.Linear(encoder.embed_dim, 1)
         self.steps_seen = 0
 
-    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        noise = torch.from_numpy(rng.standard_normal(images.shape)).to(images)
-        pooled = self.encoder(images + self.config.noise_std * noise).mean(dim=1)
+    def input_sampler(self) -> ToyNoise:
+        return ToyNoise(self.config.noise_std)
+
+    def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = inputs["images"]
+        pooled = self.encoder(images + inputs["noise"]).mean(dim=1)
         return F.mse_loss(self.head(pooled).squeeze(-1), images.mean(dim=(1, 2, 3)))
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ from selfsup.config import MaskingConfig, PretrainingConfig, SimCLRConfig
 from selfsup.evaluation import encoder_features
 from selfsup.methods import METHODS, build_method
 from selfsup.methods.simclr import SimCLR, nt_xent_loss
-from tests.helpers import TINY_ENCODER
+from tests.helpers import TINY_ENCODER, draws_for
 
 MASKING = MaskingConfig(image_size=16, patch_size=4)  # 4x4 grid: cheap
 SMALL_HEAD = {"hidden_dim": 16, "out_dim": 8}
@@ -143,16 +143,14 @@ def test_registered_by_name_and_built_with_its_parts():
 def test_views_shape_and_reproducibility(channels):
     method = tiny_simclr(channels, NORMALIZATION[channels])
     images = normalized_batch(4, channels)
-    views = method.views(images, np.random.default_rng(0))
+    views = method.views(images, draws_for(images, 0))
     assert views.shape == (2, 4, channels, 16, 16)
     assert views.dtype == images.dtype
     # Independent augmentations: the two views of one image differ.
     for i in range(4):
         assert not torch.allclose(views[0, i], views[1, i])
-    torch.testing.assert_close(
-        method.views(images, np.random.default_rng(0)), views, rtol=0, atol=0
-    )
-    assert not torch.allclose(method.views(images, np.random.default_rng(1)), views)
+    torch.testing.assert_close(method.views(images, draws_for(images, 0)), views, rtol=0, atol=0)
+    assert not torch.allclose(method.views(images, draws_for(images, 1)), views)
 
 
 def test_views_do_not_touch_the_global_torch_rng():
@@ -161,7 +159,7 @@ def test_views_do_not_touch_the_global_torch_rng():
     torch.manual_seed(11)
     expected = torch.rand(3)
     torch.manual_seed(11)
-    method.views(images, np.random.default_rng(0))
+    method.views(images, draws_for(images, 0))
     torch.testing.assert_close(torch.rand(3), expected)
 
 
@@ -173,7 +171,7 @@ def test_views_without_augmentation_are_the_normalized_input(channels):
     method = tiny_simclr(channels, NORMALIZATION[channels], augmentations=NO_AUGMENTATION)
     images = normalized_batch(3, channels)
     assert images.min() < -1 and images.max() > 1
-    views = method.views(images, np.random.default_rng(0))
+    views = method.views(images, draws_for(images, 0))
     for view in views:
         torch.testing.assert_close(view, images, atol=1e-4, rtol=0)
 
@@ -182,7 +180,7 @@ def test_flip_only_views_are_mirrored_inputs():
     augmentations = {**NO_AUGMENTATION, "horizontal_flip_p": 1.0}
     method = tiny_simclr(1, NORMALIZATION[1], augmentations=augmentations)
     images = normalized_batch(2, 1)
-    views = method.views(images, np.random.default_rng(0))
+    views = method.views(images, draws_for(images, 0))
     for view in views:
         torch.testing.assert_close(view, images.flip(-1), atol=1e-4, rtol=0)
 
@@ -190,7 +188,7 @@ def test_flip_only_views_are_mirrored_inputs():
 def test_grayscale_only_views_have_equal_channels():
     augmentations = {**NO_AUGMENTATION, "grayscale_p": 1.0}
     method = tiny_simclr(3, NORMALIZATION[3], augmentations=augmentations)
-    views = method.views(normalized_batch(2, 3), np.random.default_rng(0))
+    views = method.views(normalized_batch(2, 3), draws_for(normalized_batch(2, 3), 0))
     stats = NORMALIZATION[3]
     pixels = views * torch.tensor(stats["std"]).view(1, 1, 3, 1, 1)
     pixels = pixels + torch.tensor(stats["mean"]).view(1, 1, 3, 1, 1)
@@ -203,7 +201,7 @@ def test_augmented_views_stay_valid_pixels(channels):
     """Default (paper) augmentations, jitter always on: un-normalized views lie in [0, 1]."""
     augmentations = {"colour_jitter": {"p": 1.0, "strength": 1.0}, "blur_p": 0.5}
     method = tiny_simclr(channels, NORMALIZATION[channels], augmentations=augmentations)
-    views = method.views(normalized_batch(4, channels), np.random.default_rng(0))
+    views = method.views(normalized_batch(4, channels), draws_for(normalized_batch(4, channels), 0))
     stats = NORMALIZATION[channels]
     pixels = views * torch.tensor(stats["std"]).view(1, 1, -1, 1, 1)
     pixels = pixels + torch.tensor(stats["mean"]).view(1, 1, -1, 1, 1)
@@ -218,7 +216,9 @@ def test_training_loss_at_init_is_near_log_2b_minus_1(channels, batch):
     is about uniform over its 2B - 1 candidates. Temperature 1 keeps the small spread of
     cosines at init from being amplified (at 0.2 it is 5x larger)."""
     method = tiny_simclr(channels, NORMALIZATION[channels], temperature=1.0)
-    loss = method.training_loss(normalized_batch(batch, channels), np.random.default_rng(0))
+    loss = method.loss_on(
+        normalized_batch(batch, channels), draws_for(normalized_batch(batch, channels), 0)
+    )
     assert loss.ndim == 0
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(math.log(2 * batch - 1), abs=0.1)
@@ -227,8 +227,8 @@ def test_training_loss_at_init_is_near_log_2b_minus_1(channels, batch):
 def test_training_loss_is_nt_xent_of_the_projected_views():
     method = tiny_simclr(1, NORMALIZATION[1], temperature=0.4).eval()
     images = normalized_batch(3, 1)
-    loss = method.training_loss(images, np.random.default_rng(5))
-    view_a, view_b = method.views(images, np.random.default_rng(5))
+    loss = method.loss_on(images, draws_for(images, 5))
+    view_a, view_b = method.views(images, draws_for(images, 5))
     with torch.no_grad():
         z_a = method.projection_head(method.encoder(view_a).mean(dim=1))
         z_b = method.projection_head(method.encoder(view_b).mean(dim=1))
@@ -251,7 +251,7 @@ def test_evaluation_encoder_is_the_encoder_and_features_are_before_the_head():
 
 def test_gradients_reach_the_encoder_and_the_projection_head():
     method = tiny_simclr()
-    method.training_loss(normalized_batch(4, 1), np.random.default_rng(0)).backward()
+    method.loss_on(normalized_batch(4, 1), draws_for(normalized_batch(4, 1), 0)).backward()
     for part in (method.encoder, method.projection_head):
         for name, param in part.named_parameters():
             assert param.grad is not None, name

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import TINY_RUN
+from tests.helpers import TINY_RUN, pretraining_run
 from tests.pipelines.test_end_to_end import kedro, make_project_copy
 
 # 1,077 train images / batch 32 = 33 steps per epoch, 3 epochs = 99 steps.
@@ -28,15 +28,7 @@ def write_params(project, resume: bool) -> None:
     (project / "run.yml").write_text(yaml.safe_dump({"run": {"params": params}}))
 
 
-PRETRAIN_IJEPA = (
-    "run",
-    "--config",
-    "run.yml",
-    "--pipelines",
-    "pretraining",
-    "--namespaces",
-    "ijepa",
-)
+PRETRAIN_IJEPA = pretraining_run("ijepa")
 
 
 @pytest.fixture(scope="module")

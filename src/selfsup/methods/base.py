@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
-import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import nn
 
 from selfsup.config import MaskingConfig
 from selfsup.models import VisionTransformerEncoder
+from selfsup.randomness import SampleDraws
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,13 @@ class InputSpec:
         return cls(channels, masking, tuple(normalization["mean"]), tuple(normalization["std"]))
 
 
+class InputSampler(Protocol):
+    """Draws one batch's masks or views from `draws`; returns the tensors
+    `training_loss` takes (the images included, when the method needs them)."""
+
+    def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]: ...
+
+
 class PretrainingMethod(nn.Module, ABC):
     """Trainable parts of one self-supervised method.
 
@@ -60,12 +67,25 @@ class PretrainingMethod(nn.Module, ABC):
         super().__init__()
 
     @abstractmethod
-    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Scalar loss for a batch of normalized images (B, C, H, W).
+    def input_sampler(self) -> InputSampler:
+        """What turns a batch of images into this method's inputs (masks, views).
 
-        `rng` drives every random choice the method makes (masks, views), so a run is
-        a function of the seed.
-        """
+        It runs where the batch is read (a DataLoader worker, ahead of the step), so it
+        holds no weights and must pickle small."""
+
+    @abstractmethod
+    def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss, averaged over the batch, for the tensors `input_sampler` made."""
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The loss is the forward pass, so DistributedDataParallel, which hooks
+        # gradient synchronisation into forward, can wrap the whole method.
+        return self.training_loss(inputs)
+
+    def loss_on(self, images: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
+        """`training_loss` of `images` with the masks or views `draws` gives them."""
+        inputs = self.input_sampler()(images, draws)
+        return self.training_loss({k: v.to(images.device) for k, v in inputs.items()})
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Hook run after each optimizer step; returns values to log for that step."""

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from selfsup.config import IJEPAConfig
-from selfsup.masks import MaskBatch, build_mask_sampler
+from selfsup.masks import MaskBatch, MaskSampler, build_mask_sampler, sample_masks
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import Predictor, VisionTransformerEncoder
 from selfsup.models.vit import gather_tokens
+from selfsup.randomness import SampleDraws
 from selfsup.schedules import linear_schedule
 
 
@@ -33,6 +34,24 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float
     target_params = list(target.parameters())
     online_params = [p.detach() for p in online.parameters()]
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+
+
+def masks_as_tensors(masks: MaskBatch) -> dict[str, torch.Tensor]:
+    return {
+        "context_indices": torch.from_numpy(masks.context_indices),
+        "context_valid": torch.from_numpy(masks.context_valid),
+        "target_indices": torch.from_numpy(masks.target_indices),
+    }
+
+
+@dataclass(frozen=True)
+class IJEPAMasks:
+    """The images with their context and target masks (`selfsup.masks`)."""
+
+    sampler: MaskSampler
+
+    def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        return {"images": images, **masks_as_tensors(sample_masks(self.sampler, draws))}
 
 
 class IJEPA(PretrainingMethod):
@@ -67,17 +86,20 @@ class IJEPA(PretrainingMethod):
         self.target_encoder.eval()
         return self
 
-    def masks_to(self, masks: MaskBatch, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return tuple(
-            torch.from_numpy(array).to(device, non_blocking=True)
-            for array in (masks.context_indices, masks.context_valid, masks.target_indices)
-        )
+    def input_sampler(self) -> IJEPAMasks:
+        return IJEPAMasks(self.sampler)
 
     def forward_with_masks(
         self, images: torch.Tensor, masks: MaskBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions and targets, both (B, M, Lt, D)."""
-        context_idx, context_valid, target_idx = self.masks_to(masks, images.device)
+        tensors = {k: v.to(images.device) for k, v in masks_as_tensors(masks).items()}
+        return self.predict({"images": images, **tensors})
+
+    def predict(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = inputs["images"]
+        context_idx, context_valid = inputs["context_indices"], inputs["context_valid"]
+        target_idx = inputs["target_indices"]
         with torch.no_grad():
             full = self.target_encoder(images)
             full = F.layer_norm(full, full.shape[-1:])
@@ -86,9 +108,8 @@ class IJEPA(PretrainingMethod):
         predictions = self.predictor(context, context_idx, context_valid, target_idx)
         return predictions, targets
 
-    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        masks = self.sampler.sample(images.shape[0], rng)
-        predictions, targets = self.forward_with_masks(images, masks)
+    def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        predictions, targets = self.predict(inputs)
         return prediction_loss(predictions.float(), targets.float(), self.config.loss)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:

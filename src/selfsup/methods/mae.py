@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from timm.models.vision_transformer import Block
@@ -11,22 +14,36 @@ from selfsup.config import MAEConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import LayerNorm, gather_tokens, init_weights, sincos_positions
+from selfsup.randomness import SampleDraws
 
 
 def random_masking(
-    batch: int, num_patches: int, mask_ratio: float, rng: np.random.Generator
+    num_patches: int, mask_ratio: float, rngs: Sequence[np.random.Generator]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shuffle patch indices by random noise and keep the first int(N * (1 - r)).
+    """Shuffle each row's patch indices by random noise (one generator per row) and keep
+    the first int(N * (1 - r)).
 
     Returns the kept indices (B, K), in shuffled order, and `restore` (B, N), the inverse
     permutation: position j of the original order sits at index restore[:, j] of the
     shuffled order.
     """
     keep = int(num_patches * (1.0 - mask_ratio))
-    noise = torch.from_numpy(rng.random((batch, num_patches)))
+    noise = torch.from_numpy(np.stack([rng.random(num_patches) for rng in rngs]))
     shuffle = torch.argsort(noise, dim=1)
     restore = torch.argsort(shuffle, dim=1)
     return shuffle[:, :keep], restore
+
+
+@dataclass(frozen=True)
+class MAEMasks:
+    """The images with each row's kept patches and the permutation that restores them."""
+
+    num_patches: int
+    mask_ratio: float
+
+    def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        kept, restore = random_masking(self.num_patches, self.mask_ratio, draws.per_sample("masks"))
+        return {"images": images, "kept": kept, "restore": restore}
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -126,10 +143,11 @@ class MAE(PretrainingMethod):
             targets = (targets - mean) / (var + 1e-6) ** 0.5
         return targets
 
-    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        kept, restore = random_masking(
-            images.shape[0], self.encoder.num_patches, self.config.mask_ratio, rng
-        )
+    def input_sampler(self) -> MAEMasks:
+        return MAEMasks(self.encoder.num_patches, self.config.mask_ratio)
+
+    def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        images, kept, restore = inputs["images"], inputs["kept"], inputs["restore"]
         predictions = self.reconstruct(images, kept, restore)
         masked = torch.ones_like(restore, dtype=predictions.dtype)
         masked.scatter_(1, kept.to(masked.device), 0.0)

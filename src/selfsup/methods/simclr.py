@@ -2,28 +2,49 @@
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 from torchvision.transforms import v2
 
+from selfsup import distributed
 from selfsup.config import SimCLRAugmentationConfig, SimCLRConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
+from selfsup.randomness import SampleDraws, seeded_torch_draws
 
 
-def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent over the 2N views: view i's positive is its partner, its negatives are
-    the other 2N - 2 views; similarities are cosine, divided by `temperature`; the loss
-    is averaged over all 2N anchors."""
-    n = z_a.shape[0]
-    z = F.normalize(torch.cat([z_a, z_b]), dim=1)
-    logits = z @ z.T / temperature
+def nt_xent_loss(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    temperature: float,
+    all_a: torch.Tensor | None = None,
+    all_b: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """NT-Xent over 2N views: view i's positive is its partner, its negatives are the
+    other 2N - 2 views; similarities are cosine, divided by `temperature`; the loss is
+    averaged over the anchors.
+
+    Data-parallel: `z_a`, `z_b` are this rank's n anchors of each view and `all_a`,
+    `all_b` every rank's (N each, gathered with gradients), this rank's rows starting
+    at `offset`. The mean over ranks of these losses is the loss of the global batch.
+    """
+    if all_a is None or all_b is None:
+        all_a, all_b = z_a, z_b
+    n, total = z_a.shape[0], all_a.shape[0]
+    anchors = F.normalize(torch.cat([z_a, z_b]), dim=1)
+    candidates = F.normalize(torch.cat([all_a, all_b]), dim=1)
+    logits = anchors @ candidates.T / temperature
+    rows = torch.arange(n, device=z_a.device) + offset
+    own = torch.cat([rows, rows + total])
     # A view is never its own negative.
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -torch.inf)
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    anchor_rows = torch.arange(2 * n, device=z_a.device)
+    logits = logits.index_put((anchor_rows, own), logits.new_tensor(-torch.inf))
+    partner = torch.cat([rows + total, rows])
     return F.cross_entropy(logits, partner)
 
 
@@ -51,6 +72,29 @@ def view_transform(config: SimCLRAugmentationConfig, image_size: int, channels: 
     return v2.Compose(steps)
 
 
+@dataclass(frozen=True)
+class SimCLRViews:
+    """Two independent augmentations of each image, each a function of (seed, epoch,
+    row): augmentation runs on [0, 1] pixels (colour jitter clamps to that range), one
+    image at a time because torchvision draws one set of parameters per call."""
+
+    augment: v2.Compose
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        pixels = (images.float() * std + mean).clamp(0, 1)
+        out = torch.empty((2, *pixels.shape), dtype=pixels.dtype, device=pixels.device)
+        with seeded_torch_draws() as generator:
+            for i, (image, seed) in enumerate(zip(pixels, draws.torch_seeds("views"), strict=True)):
+                generator.manual_seed(seed)
+                out[0, i] = self.augment(image)
+                out[1, i] = self.augment(image)
+        return {"views": (out - mean) / std}
+
+
 class SimCLR(PretrainingMethod):
     name = "simclr"
     config_class = SimCLRConfig
@@ -65,34 +109,34 @@ class SimCLR(PretrainingMethod):
         self.projection_head = Mlp(
             encoder.embed_dim, head.hidden_dim, head.out_dim, act_layer=nn.ReLU
         )
+        self.data = data
         self.augment = view_transform(config.augmentations, data.masking.image_size, data.channels)
-        self.register_buffer("mean", torch.tensor(data.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(data.std).view(1, -1, 1, 1), persistent=False)
 
-    def views(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Two independent augmentations of each normalized image: (2, B, C, H, W).
+    def input_sampler(self) -> SimCLRViews:
+        return SimCLRViews(self.augment, self.data.mean, self.data.std)
 
-        Augmentation runs on [0, 1] pixels (colour jitter clamps to that range), one
-        image at a time because torchvision draws one set of parameters per call.
-        """
-        pixels = (images.float() * self.std + self.mean).clamp(0, 1)
-        out = torch.empty((2, *pixels.shape), dtype=pixels.dtype, device=pixels.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**62)))
-            for view in range(2):
-                for i, image in enumerate(pixels):
-                    out[view, i] = self.augment(image)
-        return (out - self.mean) / self.std
+    def views(self, images: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
+        """Two augmentations of each normalized image: (2, B, C, H, W)."""
+        return self.input_sampler()(images, draws)["views"]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The probe's feature h: average-pooled last-block tokens."""
         return self.encoder(images).mean(dim=1)
 
-    def training_loss(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        view_a, view_b = self.views(images, rng)
+    def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        view_a, view_b = inputs["views"]
         z = self.projection_head(self.embed(torch.cat([view_a, view_b])))
         z_a, z_b = z.float().chunk(2)
-        return nt_xent_loss(z_a, z_b, self.config.temperature)
+        if not distributed.is_running():
+            return nt_xent_loss(z_a, z_b, self.config.temperature)
+        # Every rank's views are negatives too, as in one process on the global batch;
+        # gathering with gradients sends each rank's share of the gradient back to it.
+        all_a, all_b = (
+            distributed.gather_with_gradients(z_a),
+            distributed.gather_with_gradients(z_b),
+        )
+        offset = distributed.rank() * z_a.shape[0]
+        return nt_xent_loss(z_a, z_b, self.config.temperature, all_a, all_b, offset)
 
     def evaluation_encoder(self) -> VisionTransformerEncoder:
         return self.encoder

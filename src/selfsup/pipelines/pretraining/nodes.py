@@ -12,6 +12,7 @@ import torch
 from dvclive import Live
 from matplotlib.figure import Figure
 
+from selfsup import distributed
 from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
@@ -52,6 +53,8 @@ def pretrain(
     )
     # dvcyaml=False: dvc.yaml declares the plots; save_dvc_exp=False: `dvc exp run`,
     # not the logger, records experiments.
+    # Under torchrun only rank 0 logs and checkpoints; the others train their share.
+    live_dir = live_dir if distributed.is_main_process() else None
     live = Live(live_dir, dvcyaml=False, save_dvc_exp=False) if live_dir else nullcontext()
     checkpoints = None
     if checkpoint_dir:
@@ -99,7 +102,11 @@ _RESUMABLE_ACROSS = {
     "num_threads",
     "device",
     "loader_workers",
+    "accumulation_steps",
+    "compile",
 }
+# Bumped when what a checkpoint means changes, so an older one is refused, not misread.
+CHECKPOINT_FORMAT = 2
 
 
 def _run_identity(
@@ -112,6 +119,7 @@ def _run_identity(
     """What a checkpoint must share with this run for the run to resume from it."""
     training = pretraining.training.model_dump(mode="json", exclude=_RESUMABLE_ACROSS)
     return {
+        "format": CHECKPOINT_FORMAT,
         "method": pretraining.method,
         "hyperparameters": pretraining.hyperparameters,
         "training": training,

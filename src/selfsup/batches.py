@@ -1,0 +1,150 @@
+"""Training batches: which rows each step reads on each process, and the method's
+inputs (crops, masks, views) made from them ahead of the step.
+
+The order of rows is torch's `DistributedSampler` (a permutation seeded by seed +
+epoch, dealt round-robin to the ranks; one rank when training in one process), so the
+rows of a global batch are the same whatever the number of processes. Each global
+batch is split into `accumulation_steps` micro-batches per rank. Every random draw is
+keyed by (seed, epoch, step, row) (`selfsup.randomness`), so a micro-batch's inputs
+are the same whichever process or loader worker makes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+from selfsup.data.preprocessing import NormalizedImages
+from selfsup.methods.base import InputSampler
+from selfsup.randomness import SampleDraws, seeded_torch_draws
+
+
+def random_resized_crops(
+    images: torch.Tensor, scale: tuple[float, float], draws: SampleDraws
+) -> torch.Tensor:
+    """A RandomResizedCrop per image (torchvision's draws one per call), each a function
+    of (seed, epoch, row)."""
+    crop = v2.RandomResizedCrop(list(images.shape[-2:]), scale=scale, antialias=True)
+    out = torch.empty_like(images)
+    with seeded_torch_draws() as generator:
+        for i, (image, seed) in enumerate(zip(images, draws.torch_seeds("crops"), strict=True)):
+            generator.manual_seed(seed)
+            out[i] = crop(image)
+    return out
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's global batch is divided.
+
+    batch_size: the global batch; world_size: data-parallel processes; rank: this one;
+    accumulation_steps: micro-batches per process and step."""
+
+    batch_size: int
+    world_size: int = 1
+    rank: int = 0
+    accumulation_steps: int = 1
+
+    def __post_init__(self) -> None:
+        parts = self.world_size * self.accumulation_steps
+        if self.batch_size % parts:
+            raise ValueError(
+                f"training.batch_size={self.batch_size} must divide evenly into "
+                f"{self.world_size} process(es) x training.accumulation_steps="
+                f"{self.accumulation_steps} micro-batches; choose a multiple of {parts}"
+            )
+
+    @property
+    def per_process(self) -> int:
+        return self.batch_size // self.world_size
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.per_process // self.accumulation_steps
+
+    def steps_per_epoch(self, num_images: int) -> int:
+        return num_images // self.batch_size
+
+    def epoch_rows(self, num_images: int, seed: int, epoch: int) -> torch.Tensor:
+        """This process's rows for `epoch`, in order: per-process batches back to back."""
+        sampler = DistributedSampler(
+            range(num_images),
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.int64)
+
+    def micro_batches(
+        self, num_images: int, seed: int, epoch: int, first_step: int
+    ) -> list[SampleDraws]:
+        """Every micro-batch of `epoch` from global step `first_step` (resuming mid-
+        epoch) to the epoch's end, in order; micro-batch m of a step is item m."""
+        rows = self.epoch_rows(num_images, seed, epoch).numpy()
+        steps = self.steps_per_epoch(num_images)
+        plan = []
+        for step in range(max(first_step, epoch * steps), (epoch + 1) * steps):
+            start = (step - epoch * steps) * self.per_process
+            for m in range(self.accumulation_steps):
+                begin = start + m * self.micro_batch_size
+                plan.append(
+                    SampleDraws(seed, epoch, step, rows[begin : begin + self.micro_batch_size])
+                )
+        return plan
+
+
+class MethodInputs(Dataset):
+    """Item `draws` -> the method's input tensors for those rows: the images read (and,
+    for `NormalizedImages`, normalized), cropped when `crop_scale` is set, then masked
+    or augmented by the method's `InputSampler`."""
+
+    def __init__(
+        self,
+        images: torch.Tensor | NormalizedImages,
+        input_sampler: InputSampler,
+        crop_scale: tuple[float, float] | None,
+    ) -> None:
+        self.images = images
+        self.input_sampler = input_sampler
+        self.crop_scale = crop_scale
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        rows = torch.from_numpy(draws.indices)
+        if isinstance(self.images, torch.Tensor):
+            rows = rows.to(self.images.device)
+        batch = self.images[rows]
+        if self.crop_scale is not None:
+            batch = random_resized_crops(batch, self.crop_scale, draws)
+        return self.input_sampler(batch, draws)
+
+
+def method_inputs(
+    dataset: MethodInputs, plan: list[SampleDraws], workers: int, pin_memory: bool
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The inputs of every micro-batch in `plan`, in order: made by `workers` DataLoader
+    processes ahead of the step (masks and augmentations included, off the critical
+    path), into pinned memory for asynchronous copies to the GPU; with 0 workers, or
+    images already held as a tensor, in this process between steps. The inputs are the
+    same whatever the worker count."""
+    if workers == 0 or isinstance(dataset.images, torch.Tensor):
+        return (dataset[draws] for draws in plan)
+    return iter(
+        DataLoader(
+            dataset,
+            sampler=plan,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            prefetch_factor=2,
+        )
+    )

@@ -1,0 +1,164 @@
+"""Data-parallel training (gloo, 2 CPU processes) against one process on the same
+global batch, and the batch plan that makes them equal."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from selfsup import distributed
+from selfsup.batches import BatchPlan
+from selfsup.config import MaskingConfig
+from selfsup.methods import build_method
+from selfsup.training import train
+from tests.helpers import TINY_ENCODER, TINY_PREDICTOR, tiny_training
+
+MASKING = MaskingConfig(image_size=16, patch_size=4)
+HYPERPARAMETERS = {
+    "ijepa": {"predictor": TINY_PREDICTOR},
+    "mae": {"decoder": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
+    "simclr": {"projection_head": {"hidden_dim": 32, "out_dim": 16}},
+}
+# 40 images, global batch 16: 2 steps per epoch, 2 epochs, warmup 1 epoch.
+TRAINING = {"epochs": 2, "batch_size": 16, "crop_scale": (0.5, 1.0), "lr": 3e-3}
+
+
+def dataset() -> torch.Tensor:
+    return torch.randn(40, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+def trained(method_name: str, **training) -> tuple[dict, list[float]]:
+    torch.manual_seed(0)
+    method = build_method(method_name, HYPERPARAMETERS[method_name], TINY_ENCODER, MASKING, 1)
+    history = train(method, dataset(), tiny_training(**TRAINING, **training), seed=7)
+    return method.state_dict(), history["loss"].tolist()
+
+
+def _rank(rank: int, world_size: int, port: int, out: str, training: dict) -> None:
+    """One torchrun-like process: the environment torchrun would set, then train."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    results = {name: trained(name, **training) for name in HYPERPARAMETERS}
+    # Proof the ranks trained as one group, not as two single processes.
+    results["group"] = (distributed.rank(), distributed.world_size())
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> list[dict]:
+    """Both ranks' weights and losses for every method, trained with gloo."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_rank, args=(2, free_port(), str(out), {}), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process() -> dict:
+    return {name: trained(name) for name in HYPERPARAMETERS}
+
+
+def test_the_processes_trained_as_one_group(two_processes):
+    assert [result["group"] for result in two_processes] == [(0, 2), (1, 2)]
+
+
+@pytest.mark.parametrize("method_name", list(HYPERPARAMETERS))
+def test_both_ranks_hold_identical_weights(two_processes, method_name):
+    (weights_0, losses_0), (weights_1, losses_1) = (r[method_name] for r in two_processes)
+    assert losses_0 == losses_1  # all-reduced for the history
+    for name, value in weights_0.items():
+        assert torch.equal(value, weights_1[name]), name
+
+
+@pytest.mark.parametrize("method_name", list(HYPERPARAMETERS))
+def test_two_processes_train_the_model_of_one_on_the_same_global_batch(
+    two_processes, one_process, method_name
+):
+    """Masks, crops and views are keyed by image, the loss is a mean over the global
+    batch (SimCLR's negatives gathered from both ranks), so two processes of 8 images
+    reach the weights of one process of 16, up to float rounding."""
+    weights, losses = two_processes[0][method_name]
+    single_weights, single_losses = one_process[method_name]
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
+    moved = 0.0
+    for name, value in single_weights.items():
+        torch.testing.assert_close(weights[name], value, atol=2e-5, rtol=1e-4, msg=name)
+        moved = max(moved, (value - trained_init(method_name)[name]).abs().max().item())
+    assert moved > 1e-3  # training changed the weights: the comparison is not vacuous
+
+
+_INIT: dict[str, dict] = {}
+
+
+def trained_init(method_name: str) -> dict:
+    if method_name not in _INIT:
+        torch.manual_seed(0)
+        method = build_method(method_name, HYPERPARAMETERS[method_name], TINY_ENCODER, MASKING, 1)
+        _INIT[method_name] = method.state_dict()
+    return _INIT[method_name]
+
+
+@pytest.mark.parametrize("method_name", ["ijepa", "mae"])
+def test_gradient_accumulation_trains_the_model_of_the_whole_batch(one_process, method_name):
+    weights, losses = trained(method_name, accumulation_steps=4)
+    single_weights, single_losses = one_process[method_name]
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
+    for name, value in single_weights.items():
+        torch.testing.assert_close(weights[name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_simclr_accumulation_takes_negatives_from_the_micro_batch(one_process):
+    """Documented: accumulated SimCLR sees fewer negatives per anchor, so its loss is
+    lower than the whole batch's (log of 2*4-1 candidates, not 2*16-1)."""
+    _, losses = trained("simclr", accumulation_steps=4)
+    _, single_losses = one_process["simclr"]
+    assert losses[0] < single_losses[0] - 0.5
+
+
+def test_global_batch_rows_do_not_depend_on_the_number_of_processes():
+    """DistributedSampler deals the permutation round-robin; the union of the ranks'
+    micro-batches at each step is the single process's batch."""
+    num_images, seed = 103, 5
+    single = BatchPlan(24).micro_batches(num_images, seed, epoch=1, first_step=0)
+    assert len(single) == 103 // 24
+    for world, accumulation in [(2, 1), (4, 3), (3, 2)]:
+        parts = [
+            BatchPlan(24, world, rank, accumulation).micro_batches(num_images, seed, 1, 0)
+            for rank in range(world)
+        ]
+        for step, whole in enumerate(single):
+            pieces = [d for rank_plan in parts for d in rank_plan if d.step == whole.step]
+            assert len(pieces) == world * accumulation
+            assert all(len(d) == 24 // (world * accumulation) for d in pieces)
+            assert all(d.epoch == 1 and d.step == step + 4 for d in pieces)
+            got = np.sort(np.concatenate([d.indices for d in pieces]))
+            np.testing.assert_array_equal(got, np.sort(whole.indices))
+    # Epochs differ; a resumed epoch starts at its step.
+    assert not np.array_equal(
+        BatchPlan(24).micro_batches(num_images, seed, 0, 0)[0].indices, single[0].indices
+    )
+    assert BatchPlan(24).micro_batches(num_images, seed, 1, 6)[0].step == 6
+
+
+def test_batch_that_does_not_divide_into_processes_is_refused():
+    with pytest.raises(
+        ValueError, match=r"batch_size=30 .* 4 process\(es\) x training.accumulation_steps=2"
+    ):
+        BatchPlan(30, world_size=4, accumulation_steps=2)
