@@ -44,3 +44,31 @@ def test_partial_local_block_overrides_only_its_keys(tmp_path):
     params = loader(tmp_path, "ijepa:\n  training:\n    epochs: 5\n", {})["parameters"]
     assert params["ijepa"]["training"]["epochs"] == 5
     assert params["ijepa"].get("method") == "ijepa"
+
+
+def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
+    """`kedro run --env vit_b16`: every block validates, multi-block masks are feasible on
+    the 14x14 grid, and each method builds a ViT-B/16 (about 86M encoder parameters)."""
+    from selfsup.config import EncoderConfig, IngestionConfig, MaskingConfig, PretrainingConfig
+    from selfsup.masks import build_mask_sampler
+    from selfsup.methods import build_method
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf" / "base", conf / "base")
+    shutil.copytree(ROOT / "conf" / "vit_b16", conf / "vit_b16")
+    params = OmegaConfigLoader(str(conf), env="vit_b16", **CONFIG_LOADER_ARGS)["parameters"]
+    masking = MaskingConfig(**params["masking"])
+    assert (masking.image_size, masking.patch_size, masking.grid_size) == (224, 16, 14)
+    build_mask_sampler(masking).check_feasible()
+    ingestion = IngestionConfig(**params["ingestion"])
+    assert ingestion.source == "image_folder"
+    encoder = EncoderConfig(**params["encoder"])
+    for name in ("ijepa", "mae", "simclr"):
+        config = PretrainingConfig(**params[name])
+        assert config.training.batch_size == 2048 and config.training.epochs == 300
+        assert config.monitors.every_steps == 20  # base blocks merge in
+        method = build_method(name, config.hyperparameters, encoder, masking, in_chans=3)
+        encoder_params = sum(p.numel() for p in method.evaluation_encoder().parameters())
+        assert 85e6 < encoder_params < 87e6, name
+    assert params["ijepa"]["hyperparameters"]["predictor"]["embed_dim"] == 384
+    assert params["mae"]["training"]["betas"] == [0.9, 0.95]

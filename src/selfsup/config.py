@@ -388,6 +388,33 @@ class SimCLRConfig(StrictModel):
     augmentations: SimCLRAugmentationConfig = SimCLRAugmentationConfig()
 
 
+class CollapseConfig(StrictModel):
+    """When the monitors call a representation collapsed: RankMe below `rankme_fraction`
+    of the feature dimension, or the normalized feature std below `std_fraction` /
+    sqrt(dimension), for `patience` checks in a row; then warn or stop the run."""
+
+    rankme_fraction: float = Field(0.03, ge=0, le=1)
+    std_fraction: float = Field(0.1, ge=0)
+    patience: int = Field(3, ge=1)
+    on_collapse: Literal["warn", "stop"] = "warn"
+
+
+class MonitorConfig(StrictModel):
+    """Representation monitors during pretraining (`selfsup.monitors`)."""
+
+    # RankMe, normalized std (and I-JEPA's prediction cosine) on a held-out batch every
+    # this many steps (null: never).
+    every_steps: int | None = Field(20, ge=1)
+    held_out_images: int = Field(256, ge=2)
+    # kNN accuracy on the val split every this many epochs (null: never), with the
+    # evaluation pipeline's protocol; the train split is subsampled to at most
+    # knn_max_train_images.
+    knn_every_epochs: int | None = Field(5, ge=1)
+    knn_k: int = Field(20, ge=1)
+    knn_max_train_images: int = Field(10000, ge=1)
+    collapse: CollapseConfig = CollapseConfig()
+
+
 class PretrainingConfig(StrictModel):
     """One pretraining run: which method, its hyperparameters and the training recipe.
 
@@ -399,6 +426,7 @@ class PretrainingConfig(StrictModel):
     method: str
     hyperparameters: dict = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
+    monitors: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _known_method_with_valid_hyperparameters(self) -> PretrainingConfig:

@@ -99,6 +99,17 @@ def knn_accuracy(
     return float(knn.fit(*train).score(*test))
 
 
+def knn_protocol(
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int
+) -> float:
+    """The evaluation's kNN: features standardized with the train features' statistics,
+    then `knn_accuracy`. The training monitors call it too, so their kNN is this one."""
+    scaler = StandardScaler().fit(train[0])
+    train_x = scaler.transform(train[0]).astype(np.float32)
+    test_x = scaler.transform(test[0]).astype(np.float32)
+    return knn_accuracy((train_x, train[1]), (test_x, test[1]), k)
+
+
 def evaluate_features(
     features: np.ndarray,
     labels: np.ndarray,
@@ -132,6 +143,12 @@ def evaluate_features(
     return {
         "linear_probe": select_c_and_score(part["train"], part["val"], part["test"], config),
         "low_shot": low_shot,
-        "knn": {"test_accuracy": knn_accuracy(part["train"], part["test"], config.knn_k)},
+        "knn": {
+            "test_accuracy": knn_protocol(
+                (features[splits == "train"], labels[splits == "train"]),
+                (features[splits == "test"], labels[splits == "test"]),
+                config.knn_k,
+            )
+        },
         "feature_dim": int(features.shape[1]),
     }

@@ -64,8 +64,12 @@ def plot_mask_preview(
 
 
 def plot_training_history(history: pd.DataFrame, title: str) -> plt.Figure:
-    """Loss per step (with a moving average) and the learning-rate schedule."""
-    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Loss per step (with a moving average), the schedules, and the representation
+    monitors against steps: RankMe and the normalized feature std (with I-JEPA's
+    prediction cosine), and the kNN accuracy on the val split. A loss can fall while
+    the representation collapses; the monitors show it."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    (loss_ax, lr_ax), (rank_ax, knn_ax) = axes
     loss_ax.plot(history["step"], history["loss"], alpha=0.35, label="loss per step")
     window = max(1, len(history) // 50)
     loss_ax.plot(
@@ -85,8 +89,33 @@ def plot_training_history(history: pd.DataFrame, title: str) -> plt.Figure:
         ema_ax.plot(history["step"], history["momentum"], color="tab:green", label="EMA momentum")
         ema_ax.set_ylabel("EMA momentum")
     lr_ax.set_title("schedules")
+    _plot_monitor(rank_ax, history, "rankme", "RankMe (held-out batch)", "tab:purple")
+    if "rankme" in history:
+        rank_ax.legend(loc="upper left")
+    if "feature_std" in history:
+        std_ax = rank_ax.twinx()
+        _plot_monitor(std_ax, history, "feature_std", "normalized feature std", "tab:orange")
+        if "prediction_cosine" in history:
+            _plot_monitor(std_ax, history, "prediction_cosine", "prediction cosine", "tab:gray")
+            std_ax.set_ylabel("normalized feature std, prediction cosine")
+        std_ax.legend(loc="lower right")
+    rank_ax.set_title("representation monitors")
+    _plot_monitor(knn_ax, history, "knn_val_accuracy", "kNN accuracy, val split (%)", "tab:red")
+    knn_ax.set_title("kNN accuracy during training")
     fig.tight_layout()
     return fig
+
+
+def _plot_monitor(ax: plt.Axes, history: pd.DataFrame, column: str, label: str, color: str) -> None:
+    ax.set_xlabel("step")
+    if column not in history or history[column].isna().all():
+        ax.text(
+            0.5, 0.5, f"{label}: not monitored", ha="center", va="center", transform=ax.transAxes
+        )
+        return
+    measured = history[["step", column]].dropna()
+    ax.plot(measured["step"], measured[column], marker="o", markersize=3, color=color, label=label)
+    ax.set_ylabel(label)
 
 
 def plot_comparison(comparison: pd.DataFrame) -> plt.Figure:

@@ -22,6 +22,7 @@ from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import TrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.methods.base import PretrainingMethod
+from selfsup.monitors import TrainingMonitor
 from selfsup.schedules import cosine_schedule, warmup_cosine_schedule
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def parameter_groups(module: torch.nn.Module) -> list[dict]:
     ]
 
 
+# Monitors shown in the progress bar, with their short names there.
+_PROGRESS_METRICS = {"rankme": "rankme", "knn_val_accuracy": "knn"}
+
+
 def _seed_stochastic_layers(seed: int, step: int) -> None:
     """Dropout and stochastic depth draw from torch's global generator: reseeded from
     (seed, step, rank) every step, so a resumed run needs no saved generator state."""
@@ -74,6 +79,7 @@ def train(
     on_epoch_end: Callable[[int, PretrainingMethod], None] | None = None,
     on_step: Callable[[dict], None] | None = None,
     checkpoints: TrainingCheckpoints | None = None,
+    monitor: TrainingMonitor | None = None,
 ) -> pd.DataFrame:
     """Pretrain `method` on normalized images (N, C, H, W); returns per-step history.
 
@@ -90,6 +96,11 @@ def train(
     Under `torchrun`, each process trains a replica with DistributedDataParallel on its
     share of every global batch of `config.batch_size`; losses are averaged over
     processes for the history, and only rank 0 writes checkpoints.
+
+    With `monitor`, the history also records the representation monitors (RankMe,
+    normalized std, method metrics every `monitor.config.every_steps` steps; val kNN
+    accuracy at the end of every `knn_every_epochs`-th epoch) and the collapse rule may
+    warn or stop the run (`selfsup.monitors`).
 
     With `checkpoints`, the full training state is saved every `config.checkpoint_every`
     steps and at the end; with `config.resume`, training continues from the newest
@@ -167,6 +178,7 @@ def train(
     )
     start = time.perf_counter() - elapsed_before
     elapsed = elapsed_before
+    shown: dict[str, float] = {}  # the latest monitors, for the progress bar
     for epoch in range(step // steps_per_epoch, config.epochs):
         micro_batches = method_inputs(
             inputs,
@@ -209,6 +221,13 @@ def train(
             logged = method.after_optimizer_step(step, total_steps)
 
             elapsed = time.perf_counter() - start
+            if monitor is not None and monitor.due_at_step(step):
+                logged.update(monitor.representation(method, step))
+            if monitor is not None and step + 1 == (epoch + 1) * steps_per_epoch:
+                if monitor.due_at_epoch_end(epoch):
+                    logged.update(monitor.knn_accuracy(method))
+            monitored = {k: v for k, v in logged.items() if k in _PROGRESS_METRICS}
+            shown.update(monitored)
             row = {
                 "step": step,
                 "epoch": epoch,
@@ -238,6 +257,7 @@ def train(
                 epoch=f"{epoch + 1}/{config.epochs}",
                 loss=f"{loss_value:.4f}",
                 img_s=f"{step * config.batch_size / elapsed:.0f}",
+                **{_PROGRESS_METRICS[k]: f"{v:.3g}" for k, v in shown.items()},
             )
         if on_epoch_end is not None and main:
             on_epoch_end(epoch, method)

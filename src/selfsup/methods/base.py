@@ -87,6 +87,10 @@ class PretrainingMethod(nn.Module, ABC):
         inputs = self.input_sampler()(images, draws)
         return self.training_loss({k: v.to(images.device) for k, v in inputs.items()})
 
+    def monitor_metrics(self, images: torch.Tensor) -> dict[str, float]:
+        """Method-specific monitors on a held-out batch (in eval mode, no gradients)."""
+        return {}
+
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Hook run after each optimizer step; returns values to log for that step."""
         return {}

@@ -112,6 +112,15 @@ class IJEPA(PretrainingMethod):
         predictions, targets = self.predict(inputs)
         return prediction_loss(predictions.float(), targets.float(), self.config.loss)
 
+    def monitor_metrics(self, images: torch.Tensor) -> dict[str, float]:
+        """Mean cosine similarity of each predicted target patch to its target, with
+        masks fixed per held-out image: near 1 when the predictor reproduces the targets
+        (also when both have collapsed: read it with RankMe)."""
+        draws = SampleDraws.first_batch(len(images))
+        predictions, targets = self.forward_with_masks(images, sample_masks(self.sampler, draws))
+        cosine = F.cosine_similarity(predictions.float(), targets.float(), dim=-1)
+        return {"prediction_cosine": float(cosine.mean())}
+
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         momentum = linear_schedule(*self.config.ema_momentum, step, total_steps)
         ema_update(self.target_encoder, self.context_encoder, momentum)

@@ -19,6 +19,7 @@ from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import pretraining_rows
 from selfsup.methods import build_method
 from selfsup.models.vit import encoder_checkpoint
+from selfsup.monitors import build_monitor
 from selfsup.plots import plot_training_history
 from selfsup.training import train
 
@@ -64,6 +65,14 @@ def pretrain(
             pretraining.training.keep_checkpoints,
             _run_identity(pretraining, encoder, masking, seed, len(train_images)),
         )
+    monitor = build_monitor(
+        model_input_images,
+        samples,
+        normalization,
+        pretraining.monitors,
+        seed,
+        pretraining.method,
+    )
     with live:
         history = train(
             method,
@@ -73,6 +82,7 @@ def pretrain(
             description=pretraining.method,
             on_step=_live_logger(live) if live_dir else None,
             checkpoints=checkpoints,
+            monitor=monitor,
         )
     checkpoint = encoder_checkpoint(
         method.evaluation_encoder(), encoder, masking.image_size, masking.patch_size
@@ -118,6 +128,7 @@ def _run_identity(
 ) -> dict:
     """What a checkpoint must share with this run for the run to resume from it."""
     training = pretraining.training.model_dump(mode="json", exclude=_RESUMABLE_ACROSS)
+    # Monitors only read the weights: not part of the identity.
     return {
         "format": CHECKPOINT_FORMAT,
         "method": pretraining.method,
