@@ -140,6 +140,14 @@ def project_copy(base: Path, name: str, data_from: Path | None) -> Path:
     return target
 
 
+def prepared_project(base: Path) -> Path:
+    """A project copy under `base` whose ingestion and masking have run (seed 42), for
+    the variants to copy their data from."""
+    prep = project_copy(base, "prepare", data_from=None)
+    run_kedro(prep, ["--pipelines", "ingestion,masking"], {})
+    return prep
+
+
 def run_kedro(cwd: Path, args: list[str], params: dict) -> None:
     env = {**os.environ, "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     config = cwd / "study_run.yml"
@@ -185,8 +193,7 @@ def main() -> None:
     chosen = {k: v for k, v in VARIANTS[method].items() if not args.only or k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        prep = project_copy(base, "prepare", data_from=None)
-        run_kedro(prep, ["--pipelines", "ingestion,masking"], {})
+        prep = prepared_project(base)
 
         def one(item: tuple[str, dict]) -> str:
             name, overrides = item

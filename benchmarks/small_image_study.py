@@ -31,7 +31,14 @@ import numpy as np
 import pandas as pd
 
 # Run as a script, this folder is on sys.path.
-from defaults_study import hyperparameters, merge, project_copy, run_kedro, training
+from defaults_study import (
+    hyperparameters,
+    merge,
+    prepared_project,
+    project_copy,
+    run_kedro,
+    training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("linear", "1-shot", "5-shot", "kNN")
@@ -165,8 +172,7 @@ def main() -> None:
     lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        prep = project_copy(base, "prepare", data_from=None)
-        run_kedro(prep, ["--pipelines", "ingestion,masking"], {})
+        prep = prepared_project(base)
 
         def one(item: tuple[str, int]) -> None:
             variant, seed = item
