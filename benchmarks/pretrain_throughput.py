@@ -85,6 +85,7 @@ import yaml
 
 # Run as a script, this folder is on sys.path.
 from default_run import cpu_model, write_json
+from defaults_study import merge
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -141,16 +142,22 @@ def is_attention(op) -> bool:
 # --- configurations ---------------------------------------------------------------------
 
 
-def base_parameters() -> dict:
+def base_parameters(environment: str | None = None) -> dict:
+    """conf/base's pretraining and masking parameters, with a configuration
+    environment's overrides merged key by key (as Kedro's soft merge does)."""
     parameters = {}
     for name in ("parameters_pretraining.yml", "parameters_masking.yml"):
         parameters.update(yaml.safe_load((ROOT / "conf" / "base" / name).read_text()))
+    if environment is not None:
+        overrides = yaml.safe_load((ROOT / "conf" / environment / "parameters.yml").read_text())
+        parameters = merge(parameters, overrides)
     return parameters
 
 
 def configuration(size: str, methods: list[str]) -> dict:
-    """Encoder, masking, channels and each method's (hyperparameters, training) for a size."""
-    base = base_parameters()
+    """Encoder, masking, channels and each method's (hyperparameters, training) for a size.
+    `vit_b16` is the `kedro run --env vit_b16` recipe (conf/vit_b16/parameters.yml)."""
+    base = base_parameters("vit_b16" if size == "vit_b16" else None)
     masking = dict(base["masking"])
     encoder = dict(base["encoder"])
     hyper = {name: dict(base[name]["hyperparameters"]) for name in methods}
@@ -158,15 +165,6 @@ def configuration(size: str, methods: list[str]) -> dict:
         channels = 1
     elif size == "vit_b16":
         channels = 3
-        masking.update(image_size=224, patch_size=16)
-        encoder.update(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
-        sizes = {
-            "ijepa": {"predictor": {"embed_dim": 384, "depth": 12, "num_heads": 12}},
-            "mae": {"decoder": {"embed_dim": 512, "depth": 8, "num_heads": 16}},
-            "simclr": {"projection_head": {"hidden_dim": 2048, "out_dim": 128}},
-        }
-        for name in methods:
-            hyper[name].update(sizes.get(name, {}))
     elif size == "tiny":
         channels = 1
         masking.update(image_size=16, patch_size=2)
