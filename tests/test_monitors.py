@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EvaluationConfig, MonitorConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.evaluation import encoder_features, evaluate_features
@@ -134,6 +135,31 @@ def test_collapse_rule_stops_a_collapsed_run_when_asked(images):
             tiny_training(),
             seed=0,
             monitor=monitor(images, on_collapse="stop"),
+        )
+
+
+def test_a_resumed_run_stops_for_collapse_at_the_same_step(images, tmp_path):
+    """The rule's count of low checks comes back from the checkpoint's history: with
+    patience 4 a collapsed run stops at step 3, resumed after step 2 or not."""
+    checkpoints = TrainingCheckpoints(tmp_path, 2, 2, {"run": "collapse"})
+    with pytest.raises(RepresentationCollapseError, match="at step 3: "):
+        train(
+            constant_encoder_ijepa(),
+            images,
+            tiny_training(),
+            0,
+            checkpoints=checkpoints,
+            monitor=monitor(images, on_collapse="stop", patience=4),
+        )
+    assert [p.name for p in checkpoints.directory.glob("step-*.pt")] == ["step-00000002.pt"]
+    with pytest.raises(RepresentationCollapseError, match="at step 3: .*4 checks in a row"):
+        train(
+            constant_encoder_ijepa(),
+            images,
+            tiny_training(resume=True),
+            0,
+            checkpoints=checkpoints,
+            monitor=monitor(images, on_collapse="stop", patience=4),
         )
 
 

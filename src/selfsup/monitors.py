@@ -69,8 +69,8 @@ class CollapseRule:
     def thresholds(self, dim: int) -> tuple[float, float]:
         return self.rankme_fraction * dim, self.std_fraction / math.sqrt(dim)
 
-    def check(self, metrics: dict[str, float], dim: int) -> str | None:
-        """A message naming the metric when the rule fires at this check, else None."""
+    def below_floor(self, metrics: dict[str, float], dim: int) -> list[str]:
+        """What is below its floor at this check, one phrase per metric."""
         rank_floor, std_floor = self.thresholds(dim)
         low = []
         if metrics["rankme"] < rank_floor:
@@ -83,6 +83,19 @@ class CollapseRule:
                 f"normalized feature std {metrics['feature_std']:.4f} < {std_floor:.4f} "
                 f"(monitors.collapse.std_fraction={self.std_fraction} / sqrt({dim}))"
             )
+        return low
+
+    def replay(self, history: list[dict], dim: int) -> None:
+        """Recounts the low checks in a row from a resumed run's history, so that the
+        resumed run warns or stops at the same check as an uninterrupted one."""
+        self.in_a_row = 0
+        for row in history:
+            if row.get("rankme") is not None and not math.isnan(row["rankme"]):
+                self.in_a_row = self.in_a_row + 1 if self.below_floor(row, dim) else 0
+
+    def check(self, metrics: dict[str, float], dim: int) -> str | None:
+        """A message naming the metric when the rule fires at this check, else None."""
+        low = self.below_floor(metrics, dim)
         self.in_a_row = self.in_a_row + 1 if low else 0
         if self.in_a_row < self.patience:
             return None
@@ -138,6 +151,10 @@ class TrainingMonitor:
                 )
             logger.warning(text)
         return metrics
+
+    def resume(self, method: PretrainingMethod, history: list[dict]) -> None:
+        """Restores the collapse rule's state from the history of a resumed run."""
+        self.rule.replay(history, method.evaluation_encoder().embed_dim)
 
     def knn_accuracy(self, method: PretrainingMethod) -> dict[str, float]:
         """kNN accuracy (%) on the val split, the evaluation pipeline's protocol."""

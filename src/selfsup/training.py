@@ -149,6 +149,8 @@ def train(
         optimizer.load_state_dict(resumed["optimizer"])
         history, step = resumed["history"], resumed["step"]
         elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+        if monitor is not None:
+            monitor.resume(method, history)
         for row in history:
             if on_step is not None and main:
                 on_step(row)
