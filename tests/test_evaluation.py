@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from selfsup import evaluation
 from selfsup.config import EvaluationConfig
 from selfsup.evaluation import (
     encoder_features,
@@ -141,3 +143,22 @@ def test_encoder_features_pool_tokens():
     np.testing.assert_allclose(last, expected_last, atol=1e-6)
     np.testing.assert_allclose(last4, expected_last4, atol=1e-6)
     np.testing.assert_allclose(last4[:, -8:], last, atol=1e-6)
+
+
+def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):
+    """lbfgs stopped at max_iter depends on how float sums are split over threads, so
+    the probes pin BLAS to one thread: the same features give the same accuracy on any
+    machine."""
+    seen = []
+
+    class RecordingLogisticRegression(LogisticRegression):
+        def fit(self, x, y):
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return super().fit(x, y)
+
+    monkeypatch.setattr(evaluation, "LogisticRegression", RecordingLogisticRegression)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 4
+    with threadpool_limits(limits=2, user_api="blas"):
+        evaluation.fit_logistic(x, y, 1.0, 50)
+    assert seen and set(seen) == {1}

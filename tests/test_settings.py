@@ -59,6 +59,7 @@ def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
     params = OmegaConfigLoader(str(conf), env="vit_b16", **CONFIG_LOADER_ARGS)["parameters"]
     masking = MaskingConfig(**params["masking"])
     assert (masking.image_size, masking.patch_size, masking.grid_size) == (224, 16, 14)
+    assert masking.multiblock.num_targets == 4  # the paper's, not conf/base's 2
     build_mask_sampler(masking).check_feasible()
     ingestion = IngestionConfig(**params["ingestion"])
     assert ingestion.source == "image_folder"
