@@ -769,6 +769,29 @@ def test_unlabelled_eval_source_raises(tmp_path, staging):
         ingest_images(config, MASKING, seed=0)
 
 
+def test_eval_source_errors_name_the_eval_source_options(tmp_path, staging):
+    flat = tmp_path / "flat"
+    make_flat(flat, 3)
+    missing = tmp_path / "not_there"
+    options = {"workers": 1, "staging_dir": str(staging)}
+    config = IngestionConfig(
+        source="image_folder",
+        options={"path": str(flat), **options},
+        eval_source={"source": "image_folder", "options": {"path": str(missing), **options}},
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        ingest_images(config, MASKING, seed=0)
+    message = str(error.value)
+    assert str(missing) in message
+    assert "set ingestion.eval_source.options.path to the folder" in message
+    assert "ingestion.options" not in message
+
+    with pytest.raises(ValueError, match=r"takes no ingestion\.eval_source\.options"):
+        load_source("digits", {"path": "x"}, 16, "eval_source.source")
+    with pytest.raises(ValueError, match=r"takes no ingestion\.options"):
+        load_source("digits", {"path": "x"}, 16)
+
+
 def test_eval_source_with_other_channels_raises_naming_both(tmp_path, staging):
     flat, labelled = tmp_path / "flat", tmp_path / "labelled"
     make_flat(flat, 3)

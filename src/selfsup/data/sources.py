@@ -51,4 +51,17 @@ def load_source(name: str, options: dict, image_size: int = 32, key: str = "sour
         raise ValueError(
             f"unknown source {name!r} in ingestion.{key}; choose one of {sorted(SOURCES)}"
         )
-    return SOURCES[name](options, image_size)
+    try:
+        return SOURCES[name](options, image_size)
+    except (ValueError, OSError) as error:
+        # Readers name their options `ingestion.options`; when they read the evaluation
+        # source, the message must name the key the user has to edit instead.
+        options_key = "ingestion." + key.removesuffix("source") + "options"
+        message = str(error)
+        if options_key == "ingestion.options" or "ingestion.options" not in message:
+            raise
+        try:
+            renamed = type(error)(message.replace("ingestion.options", options_key))
+        except TypeError:  # an exception type that takes other arguments than a message
+            raise error from None
+        raise renamed from error
