@@ -11,6 +11,10 @@ METHOD is a namespace of conf/base/parameters_pretraining.yml (ijepa, mae, simcl
 its block there, with conf/base's encoder and masking, is the starting point. Keys
 "encoder", "masking", "training" (TrainingConfig fields) and "method" (the method's
 hyperparameters) override it; one thread per run, so two runs can share 2 cores.
+`"centered_targets": true` (I-JEPA only) trains a variant that is not the paper's: each
+patch's target has its mean over the batch at that position removed and is scaled to unit
+RMS, so the predictor cannot lower the loss from a patch's position alone (BENCHMARKS.md,
+"More steps, and targets without their positional part").
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ from selfsup.data.sources import load_source
 from selfsup.data.splits import stratified_split
 from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.methods import build_method
+from selfsup.methods.ijepa import IJEPA
 from selfsup.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +57,14 @@ def rankme(features: np.ndarray) -> float:
     singular = torch.linalg.svdvals(torch.from_numpy(features - features.mean(0)))
     p = singular / singular.sum() + 1e-12
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def centered_target_features(self: IJEPA, images: torch.Tensor) -> torch.Tensor:
+    """The paper's targets less their per-position batch mean, at unit RMS per position."""
+    full = IJEPA.target_features(self, images)
+    full = full - full.mean(dim=0, keepdim=True)
+    return full / (full.pow(2).mean(dim=(0, 2), keepdim=True).sqrt() + 1e-6)
 
 
 def base_parameters() -> dict:
@@ -79,8 +93,8 @@ def main() -> None:
     normalization = channel_statistics(images[split == "train"])
     x = to_model_input(images, normalization)
 
-    def score(module: torch.nn.Module) -> str:
-        features = encoder_features(module, x)
+    def score(module: torch.nn.Module | None) -> str:
+        features = x.flatten(1).numpy() if module is None else encoder_features(module, x)
         r = evaluate_features(features, digits.labels, split, QUICK, SEED)
         return (
             f"{100 * r['linear_probe']['test_accuracy']:.1f}/"
@@ -88,8 +102,13 @@ def main() -> None:
             f"/rank {rankme(features):.0f}"
         )
 
+    print(f"{name}: raw pixels {score(None)}", flush=True)
     torch.manual_seed(SEED)
     method = build_method(block["method"], hyperparameters, encoder, masking, 1, normalization)
+    if overrides.get("centered_targets"):
+        if not isinstance(method, IJEPA):
+            raise ValueError("centered_targets is an I-JEPA variant; METHOD must be ijepa")
+        method.target_features = types.MethodType(centered_target_features, method)
     print(f"{name}: init {score(method.evaluation_encoder())}", flush=True)
 
     def on_epoch_end(epoch: int, m: torch.nn.Module) -> None:

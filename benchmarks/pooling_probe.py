@@ -4,8 +4,9 @@ The features pipeline averages the last block's tokens (the papers' protocol). O
 digits that average discards where the strokes are, which the raw-pixel baseline keeps.
 This script probes the encoders of the last `kedro run` (data/06_models/*/encoder.pt)
 and the same ViT with random weights (the pipeline's random_init: conf/base seed) twice:
-with the pipeline's average, and with that average next to a 2x2 grid of token averages
-(5 x 128 dims), through the evaluation pipeline's own protocols (`evaluate_features`).
+with the pipeline's average, and with that average next to a 2x2 grid (5 x 128 dims) or a
+4x4 grid (17 x 128 dims) of token averages, through the evaluation pipeline's own
+protocols (`evaluate_features`).
 
 Usage (repository root, project environment, after `kedro run` or `dvc repro`):
     python benchmarks/pooling_probe.py
@@ -81,7 +82,8 @@ def main() -> None:
     rows = [("raw_pixels", "pixels", raw)]
     for name, encoder in encoders.items():
         rows.append((name, "mean (pipeline)", pooled(encoder, inputs, None)))
-        rows.append((name, "mean + 2x2 grid", pooled(encoder, inputs, 2)))
+        for grid in (2, 4):
+            rows.append((name, f"mean + {grid}x{grid} grid", pooled(encoder, inputs, grid)))
     for name, pooling, features in rows:
         result = evaluate_features(features, labels, splits, evaluation, seed)
         print(

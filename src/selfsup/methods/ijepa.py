@@ -101,12 +101,17 @@ class IJEPA(PretrainingMethod):
         context_idx, context_valid = inputs["context_indices"], inputs["context_valid"]
         target_idx = inputs["target_indices"]
         with torch.no_grad():
-            full = self.target_encoder(images)
-            full = F.layer_norm(full, full.shape[-1:])
-            targets = gather_tokens(full, target_idx)
+            targets = gather_tokens(self.target_features(images), target_idx)
         context = self.context_encoder(images, context_idx, context_valid)
         predictions = self.predictor(context, context_idx, context_valid, target_idx)
         return predictions, targets
+
+    @torch.no_grad()
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Every patch's target: the EMA encoder's output, layer-normed over the feature
+        dimension as in the paper. (B, L, D)"""
+        full = self.target_encoder(images)
+        return F.layer_norm(full, full.shape[-1:])
 
     def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         predictions, targets = self.predict(inputs)
