@@ -26,7 +26,6 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -43,6 +42,7 @@ from selfsup.data.splits import stratified_split
 from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.methods import build_method
 from selfsup.methods.ijepa import IJEPA
+from selfsup.monitors import rankme
 from selfsup.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +50,6 @@ SEED = 42
 QUICK = EvaluationConfig(
     c_grid=[0.1, 1.0], max_iter=300, low_shot=LowShotConfig(shots=[5], draws=3)
 )
-
-
-def rankme(features: np.ndarray) -> float:
-    """exp(entropy) of the normalized singular values of the centred features."""
-    singular = torch.linalg.svdvals(torch.from_numpy(features - features.mean(0)))
-    p = singular / singular.sum() + 1e-12
-    return float(torch.exp(-(p * p.log()).sum()))
 
 
 @torch.no_grad()
