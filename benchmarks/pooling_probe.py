@@ -3,10 +3,11 @@
 The features pipeline averages the last block's tokens (the papers' protocol). On 8x8
 digits that average discards where the strokes are, which the raw-pixel baseline keeps.
 This script probes the encoders of the last `kedro run` (data/06_models/*/encoder.pt)
-and the same ViT with random weights (the pipeline's random_init: conf/base seed) twice:
-with the pipeline's average, and with that average next to a 2x2 grid (5 x 128 dims) or a
-4x4 grid (17 x 128 dims) of token averages, through the evaluation pipeline's own
-protocols (`evaluate_features`).
+and the same ViT with random weights (the pipeline's random_init: conf/base seed) with
+the pipeline's average, with the pipeline's other option (`features.pooling: last4`, the
+paper's concatenated averages of the last 4 blocks), and with the average next to a 2x2
+grid (5 x 128 dims) or a 4x4 grid (17 x 128 dims) of token averages, through the
+evaluation pipeline's own protocols (`evaluate_features`).
 
 Usage (repository root, project environment, after `kedro run` or `dvc repro`):
     python benchmarks/pooling_probe.py
@@ -24,7 +25,7 @@ import yaml
 
 from selfsup.config import EncoderConfig, EvaluationConfig
 from selfsup.data.preprocessing import NormalizedImages
-from selfsup.evaluation import evaluate_features
+from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.models.vit import (
     VisionTransformerEncoder,
     build_encoder,
@@ -82,6 +83,7 @@ def main() -> None:
     rows = [("raw_pixels", "pixels", raw)]
     for name, encoder in encoders.items():
         rows.append((name, "mean (pipeline)", pooled(encoder, inputs, None)))
+        rows.append((name, "last4 (pipeline option)", encoder_features(encoder, inputs, "last4")))
         for grid in (2, 4):
             rows.append((name, f"mean + {grid}x{grid} grid", pooled(encoder, inputs, grid)))
     for name, pooling, features in rows:
