@@ -41,16 +41,21 @@ def conf(name: str) -> dict:
 
 
 @torch.no_grad()
-def pooled(encoder: VisionTransformerEncoder, images: torch.Tensor, grid: int | None) -> np.ndarray:
-    """Mean of the last block's tokens, optionally followed by a grid x grid pooling."""
+def mean_and_grids(
+    encoder: VisionTransformerEncoder, images: torch.Tensor, grids: tuple[int, ...]
+) -> dict[int, np.ndarray]:
+    """Per grid size g: the mean of the last block's tokens next to a g x g grid of token
+    means, from one forward pass."""
     tokens = encoder.eval()(images)
     mean = tokens.mean(dim=1)
-    if grid is None:
-        return mean.numpy()
     side = encoder.grid
     token_map = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
-    cells = torch.nn.functional.adaptive_avg_pool2d(token_map, grid).flatten(1)
-    return torch.cat([mean, cells], dim=1).numpy()
+    return {
+        grid: torch.cat(
+            [mean, torch.nn.functional.adaptive_avg_pool2d(token_map, grid).flatten(1)], dim=1
+        ).numpy()
+        for grid in grids
+    }
 
 
 def main() -> None:
@@ -82,10 +87,11 @@ def main() -> None:
     raw = inputs.flatten(1).numpy()
     rows = [("raw_pixels", "pixels", raw)]
     for name, encoder in encoders.items():
-        rows.append((name, "mean (pipeline)", pooled(encoder, inputs, None)))
-        rows.append((name, "last4 (pipeline option)", encoder_features(encoder, inputs, "last4")))
-        for grid in (2, 4):
-            rows.append((name, f"mean + {grid}x{grid} grid", pooled(encoder, inputs, grid)))
+        # The first two rows are the features pipeline's own read-outs.
+        for pooling, label in (("last", "mean (pipeline)"), ("last4", "last4 (pipeline option)")):
+            rows.append((name, label, encoder_features(encoder, inputs, pooling)))
+        for grid, features in mean_and_grids(encoder, inputs, (2, 4)).items():
+            rows.append((name, f"mean + {grid}x{grid} grid", features))
     for name, pooling, features in rows:
         result = evaluate_features(features, labels, splits, evaluation, seed)
         print(
