@@ -162,3 +162,53 @@ def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):
     with threadpool_limits(limits=2, user_api="blas"):
         evaluation.fit_logistic(x, y, 1.0, 50)
     assert seen and set(seen) == {1}
+
+
+def test_every_protocol_standardizes_with_the_train_split_only():
+    """evaluate_features rebuilt from scikit-learn and numpy: the scaler is fit on the
+    train rows (val and test are scaled with the train statistics), C is picked on val,
+    low-shot subsets are drawn class by class from the seed, and kNN (k=1) is the
+    nearest cosine neighbour of the standardized features. Val and test are shifted and
+    stretched away from train, so a scaler fit on any other rows gives other numbers."""
+    features, labels, split = gaussian_clusters(separation=0.6, seed=5)
+    features = features.copy()
+    away = split != "train"
+    features[away] = 3.0 * features[away] + 2.0
+    config = EvaluationConfig(
+        c_grid=[0.01, 1.0], max_iter=300, knn_k=1, low_shot={"shots": [1, 5], "draws": 2}
+    )
+    result = evaluate_features(features, labels, split, config, seed=7)
+
+    train = split == "train"
+    mean, std = features[train].mean(axis=0), features[train].std(axis=0)
+    x = ((features - mean) / std).astype(np.float32)
+    part = {s: (x[split == s], labels[split == s]) for s in ("train", "val", "test")}
+
+    def probe(train_x, train_y):
+        fits = [LogisticRegression(C=c, max_iter=300).fit(train_x, train_y) for c in config.c_grid]
+        val = [fit.score(*part["val"]) for fit in fits]
+        return fits[int(np.argmax(val))].score(*part["test"])  # first best C on ties
+
+    assert result["linear_probe"]["test_accuracy"] == pytest.approx(probe(*part["train"]))
+
+    rng = np.random.default_rng(7)
+    train_y = part["train"][1]
+    for shots in (1, 5):
+        scores = []
+        for _ in range(2):
+            rows = np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(train_y == label), size=shots, replace=False)
+                    for label in range(NUM_CLASSES)
+                ]
+            )
+            scores.append(probe(part["train"][0][rows], train_y[rows]))
+        assert result["low_shot"][str(shots)]["mean"] == pytest.approx(np.mean(scores))
+        assert result["low_shot"][str(shots)]["std"] == pytest.approx(np.std(scores))
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    nearest = (unit(part["test"][0]) @ unit(part["train"][0]).T).argmax(axis=1)
+    expected_knn = float((train_y[nearest] == part["test"][1]).mean())
+    assert result["knn"]["test_accuracy"] == pytest.approx(expected_knn)

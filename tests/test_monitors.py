@@ -57,10 +57,27 @@ def test_normalized_std_is_zero_for_identical_features_and_one_over_sqrt_d_when_
     d = 64
     same = np.tile(rng.standard_normal(d), (500, 1))
     assert normalized_std(same) == pytest.approx(0.0, abs=1e-12)
-    # A shared offset is not spread: only the variation around it counts.
     spread = rng.standard_normal((20000, d))
     assert normalized_std(spread) == pytest.approx(1 / math.sqrt(d), rel=0.02)
-    assert normalized_std(spread + 50.0) == pytest.approx(normalized_std(spread), rel=1e-9)
+    assert normalized_std(7.0 * spread) == pytest.approx(normalized_std(spread), rel=1e-9)
+
+
+def test_normalized_std_sees_a_collapse_to_one_point_that_rankme_does_not():
+    """One shared vector plus an image-dependent part 1000x smaller: RankMe (centred)
+    still counts every direction; the std of the normalized features (SimSiam's,
+    written out here with numpy) is about 1/1000 of the spread one."""
+    rng = np.random.default_rng(6)
+    n, d = 2000, 32
+    point = np.tile(rng.standard_normal(d) * 10.0, (n, 1))
+    collapsed = point + 0.01 * rng.standard_normal((n, d))
+    unit = collapsed / np.linalg.norm(collapsed, axis=1, keepdims=True)
+    assert normalized_std(collapsed) == pytest.approx(unit.std(axis=0, ddof=1).mean(), rel=1e-9)
+    assert normalized_std(collapsed) < 1e-3 / math.sqrt(d) * 2
+    assert rankme(collapsed) > d - 2
+    rule = CollapseRule(rankme_fraction=0.03, std_fraction=0.01, patience=1)
+    message = rule.check({"rankme": rankme(collapsed), "feature_std": normalized_std(collapsed)}, d)
+    assert message is not None and message.startswith("normalized feature std")
+    assert rule.check({"rankme": float(d), "feature_std": 1 / math.sqrt(d)}, d) is None
 
 
 def test_rankme_ignores_a_shared_offset():
@@ -108,7 +125,7 @@ def monitor(images, **collapse) -> TrainingMonitor:
     config = MonitorConfig(
         every_steps=1,
         knn_every_epochs=None,
-        collapse={"rankme_fraction": 0.05, "std_fraction": 0.1, "patience": 2, **collapse},
+        collapse={"rankme_fraction": 0.05, "std_fraction": 0.01, "patience": 2, **collapse},
     )
     return TrainingMonitor(config, images[:32], description="test")
 
@@ -226,6 +243,18 @@ def test_build_monitor_holds_out_val_images_and_falls_back_without_them(caplog):
     assert built.held_out.shape == (4, 1, 16, 16)
     assert all(any(torch.equal(h, v) for v in val_images) for h in built.held_out)
     assert len(built.knn_train[1]) == 12 and len(built.knn_val[1]) == 5
+    # kNN fits on train-split rows with their own labels and scores exactly the val rows.
+    every_row = NormalizedImages(pixels, normalization)[:]
+
+    def rows_of(batch):
+        return [next(i for i in range(30) if torch.equal(image, every_row[i])) for image in batch]
+
+    train_rows = rows_of(built.knn_train[0][:])
+    assert len(set(train_rows)) == 12
+    assert set(train_rows) <= set(range(20))
+    assert built.knn_train[1].tolist() == samples["label"].to_numpy()[train_rows].tolist()
+    assert rows_of(built.knn_val[0][:]) == list(range(20, 25))
+    assert built.knn_val[1].tolist() == samples["label"].to_numpy()[20:25].tolist()
 
     unlabelled = samples.assign(split="pretrain", pretrain=True, label=-1)
     with caplog.at_level(logging.WARNING, logger="selfsup.monitors"):

@@ -73,3 +73,7 @@ def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
         assert 85e6 < encoder_params < 87e6, name
     assert params["ijepa"]["hyperparameters"]["predictor"]["embed_dim"] == 384
     assert params["mae"]["training"]["betas"] == [0.9, 0.95]
+    # Augmentations: I-JEPA crops only; MAE crops and flips; SimCLR's views flip.
+    assert params["ijepa"]["training"]["horizontal_flip_p"] == 0.0
+    assert params["mae"]["training"]["horizontal_flip_p"] == 0.5
+    assert params["simclr"]["hyperparameters"]["augmentations"]["horizontal_flip_p"] == 0.5

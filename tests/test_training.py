@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.batches import random_resized_crops
+from selfsup.batches import random_horizontal_flips, random_resized_crops
 from selfsup.checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from selfsup.data.preprocessing import NormalizedImages, to_model_input
 from selfsup.evaluation import encoder_features
+from selfsup.methods import build_method
 from selfsup.randomness import SampleDraws
 from selfsup.training import NonFiniteLossError, parameter_groups, resolve_device, train
-from tests.helpers import make_ijepa, tiny_training
+from tests.helpers import TINY_ENCODER, TINY_MASKING, TINY_PREDICTOR, make_ijepa, tiny_training
 
 HISTORY_COLUMNS = {"step", "epoch", "loss", "lr", "weight_decay", "momentum"}
 
@@ -99,12 +100,50 @@ def test_training_changes_the_weights(first_run):
     assert all(changed)
 
 
-def test_crops_and_grad_clip_run(module_images):
-    _, _, history = run(
-        module_images[:32], epochs=1, warmup_epochs=0, crop_scale=(0.5, 1.0), grad_clip=1.0
-    )
-    assert len(history) == 2
-    assert np.isfinite(history["loss"]).all()
+def _gradient_norms_at_each_step(images, **training) -> list[float]:
+    """Total gradient norm of the trained parameters as the optimizer stepped (read in
+    `after_optimizer_step`, before the next step clears the gradients)."""
+    method = make_ijepa()
+    norms = []
+    scheduled_ema = method.after_optimizer_step
+
+    def record(step, total_steps):
+        grads = [p.grad for p in method.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return scheduled_ema(step, total_steps)
+
+    method.after_optimizer_step = record
+    train(method, images, tiny_training(**training), seed=0)
+    return norms
+
+
+def test_grad_clip_caps_the_total_gradient_norm_with_crops(module_images):
+    settings = {"epochs": 1, "warmup_epochs": 0, "crop_scale": (0.5, 1.0)}
+    free = _gradient_norms_at_each_step(module_images[:32], **settings)
+    clip = min(free) / 2
+    clipped = _gradient_norms_at_each_step(module_images[:32], grad_clip=clip, **settings)
+    assert len(free) == len(clipped) == 2
+    assert min(free) > clip
+    assert clipped == pytest.approx([clip] * 2, rel=1e-4)
+
+
+def test_stochastic_depth_draws_depend_on_the_seed_and_step_not_on_the_caller(module_images):
+    """Drop-path masks come from torch's global generator, reseeded from (seed, step)
+    every step: whatever a caller drew before, the same run gives the same weights."""
+    dropping = TINY_ENCODER.model_copy(update={"depth": 2, "drop_path_rate": 0.5})
+    # Same depth and initial weights, no stochastic depth: shows the drops were active.
+    not_dropping = dropping.model_copy(update={"drop_path_rate": 0.0})
+    config = tiny_training(epochs=1, warmup_epochs=0)
+    weights = []
+    for caller_seed, encoder in ((1, dropping), (2, dropping), (1, not_dropping)):
+        torch.manual_seed(0)
+        method = build_method("ijepa", {"predictor": TINY_PREDICTOR}, encoder, TINY_MASKING, 1)
+        torch.manual_seed(caller_seed)
+        train(method, module_images[:32], config, seed=0)
+        weights.append(method.context_encoder.state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    assert any(not torch.equal(t, weights[2][name]) for name, t in weights[0].items())
 
 
 def test_non_finite_loss_raises_naming_the_step(module_images, monkeypatch):
@@ -229,6 +268,37 @@ def test_random_resized_crops_are_per_image_and_keyed_by_row():
     torch.manual_seed(5)
     random_resized_crops(images, (0.2, 0.5), draws)
     assert torch.equal(torch.rand(1), expected_next)
+
+
+def test_horizontal_flips_mirror_about_half_the_rows_each_keyed_by_its_row():
+    images = torch.randn(200, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    draws = SampleDraws(3, 0, 0, np.arange(200))
+    flipped = random_horizontal_flips(images, 0.5, draws)
+    mirrored = [torch.equal(f, i.flip(-1)) for f, i in zip(flipped, images, strict=True)]
+    unchanged = [torch.equal(f, i) for f, i in zip(flipped, images, strict=True)]
+    assert all(m != u for m, u in zip(mirrored, unchanged, strict=True))  # one or the other
+    assert 70 < sum(mirrored) < 130  # binomial(200, 0.5): 100 +- 7
+    assert torch.equal(random_horizontal_flips(images, 0.5, draws), flipped)
+    subset = random_horizontal_flips(images[[7, 3]], 0.5, SampleDraws(3, 0, 9, np.array([7, 3])))
+    assert torch.equal(subset[0], flipped[7]) and torch.equal(subset[1], flipped[3])
+    assert torch.equal(random_horizontal_flips(images, 0.0, draws), images)
+    assert torch.equal(random_horizontal_flips(images, 1.0, draws), images.flip(-1))
+
+
+def test_training_applies_the_configured_flips(module_images):
+    settings = {"epochs": 1, "warmup_epochs": 0}
+    plain, _, _ = run(module_images[:32], **settings)
+    flipping, _, _ = run(module_images[:32], horizontal_flip_p=0.5, **settings)
+    mirrored_data, _, _ = run(module_images[:32].flip(-1), horizontal_flip_p=1.0, **settings)
+    assert not torch.equal(
+        plain.context_encoder.patch_embed.proj.weight,
+        flipping.context_encoder.patch_embed.proj.weight,
+    )
+    # Flipping every image of mirrored data trains exactly as the original data.
+    for (name, a), (_, b) in zip(
+        plain.state_dict().items(), mirrored_data.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
 
 
 def test_memory_mapped_batches_train_exactly_like_the_tensor(tmp_path):

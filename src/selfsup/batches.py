@@ -37,6 +37,16 @@ def random_resized_crops(
     return out
 
 
+def random_horizontal_flips(
+    images: torch.Tensor, probability: float, draws: SampleDraws
+) -> torch.Tensor:
+    """Each image mirrored left to right with `probability`, a function of (seed,
+    epoch, row) like the crops (which it follows, as in MAE's recipe)."""
+    flip = [rng.random() < probability for rng in draws.per_sample("flips")]
+    flip = torch.tensor(flip, device=images.device)[:, None, None, None]
+    return torch.where(flip, images.flip(-1), images)
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """How one optimizer step's global batch is divided.
@@ -102,18 +112,20 @@ class BatchPlan:
 
 class MethodInputs(Dataset):
     """Item `draws` -> the method's input tensors for those rows: the images read (and,
-    for `NormalizedImages`, normalized), cropped when `crop_scale` is set, then masked
-    or augmented by the method's `InputSampler`."""
+    for `NormalizedImages`, normalized), cropped when `crop_scale` is set, mirrored with
+    `horizontal_flip_p`, then masked or augmented by the method's `InputSampler`."""
 
     def __init__(
         self,
         images: torch.Tensor | NormalizedImages,
         input_sampler: InputSampler,
         crop_scale: tuple[float, float] | None,
+        horizontal_flip_p: float = 0.0,
     ) -> None:
         self.images = images
         self.input_sampler = input_sampler
         self.crop_scale = crop_scale
+        self.horizontal_flip_p = horizontal_flip_p
 
     def __len__(self) -> int:
         return len(self.images)
@@ -125,6 +137,8 @@ class MethodInputs(Dataset):
         batch = self.images[rows]
         if self.crop_scale is not None:
             batch = random_resized_crops(batch, self.crop_scale, draws)
+        if self.horizontal_flip_p > 0:
+            batch = random_horizontal_flips(batch, self.horizontal_flip_p, draws)
         return self.input_sampler(batch, draws)
 
 

@@ -261,6 +261,9 @@ class TrainingConfig(StrictModel):
     betas: FloatRange = (0.9, 0.999)
     grad_clip: float | None = Field(None, gt=0)
     crop_scale: FloatRange | None = None
+    # Mirror each training image left to right with this probability, after the crop
+    # (MAE's recipe on photos: 0.5; I-JEPA's: none).
+    horizontal_flip_p: float = Field(0.0, ge=0, le=1)
     num_threads: int | None = Field(None, ge=1)
     # DataLoader processes that read, normalize, crop and mask batches ahead of the
     # step (0: the training process does it between steps); results do not depend on it.
@@ -394,7 +397,7 @@ class CollapseConfig(StrictModel):
     sqrt(dimension), for `patience` checks in a row; then warn or stop the run."""
 
     rankme_fraction: float = Field(0.03, ge=0, le=1)
-    std_fraction: float = Field(0.1, ge=0)
+    std_fraction: float = Field(0.01, ge=0)
     patience: int = Field(3, ge=1)
     on_collapse: Literal["warn", "stop"] = "warn"
 

@@ -30,11 +30,6 @@ class RepresentationCollapseError(RuntimeError):
     """The collapse rule fired with `on_collapse: stop`."""
 
 
-def _centred(features: torch.Tensor | np.ndarray) -> torch.Tensor:
-    matrix = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-    return matrix - matrix.mean(dim=0)
-
-
 def rankme(features: torch.Tensor | np.ndarray, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al., 2023): exp of the entropy of the singular values of the
     (n, d) feature matrix, normalized to sum to 1: 1 for rank-1 features, up to
@@ -43,17 +38,24 @@ def rankme(features: torch.Tensor | np.ndarray, eps: float = 1e-7) -> float:
     The features are centred over the batch first: pooled ViT features share a large
     common offset (uncentred, random weights and trained encoders alike score about 2 of
     128 on digits), which the probes' standardization removes anyway."""
-    singular = torch.linalg.svdvals(_centred(features))
+    matrix = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    singular = torch.linalg.svdvals(matrix - matrix.mean(dim=0))
     p = singular / singular.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
     return float(torch.exp(-(p * p.log()).sum()))
 
 
 def normalized_std(features: torch.Tensor | np.ndarray) -> float:
-    """Mean over dimensions of the std over samples of the centred, L2-normalized
-    features (SimSiam's collapse measure, centred like `rankme`): 0 when every image
-    has the same features, about 1/sqrt(d) when they spread over every direction."""
-    matrix = torch.nn.functional.normalize(_centred(features), dim=1)
-    return float(matrix.std(dim=0).mean())
+    """SimSiam's collapse measure (Chen and He, 2021): mean over dimensions of the std
+    over samples of the L2-normalized features. 0 when every image maps to one direction,
+    about 1/sqrt(d) when the features spread evenly around the origin.
+
+    Not centred, unlike `rankme`: features that collapse to one point plus a tiny
+    image-dependent part keep a full centred rank, and only their spread relative to
+    their norm shows it. Average-pooled ViT features share a large common direction, so
+    sound encoders score well below 1/sqrt(d) (random weights: 0.08 to 0.17 / sqrt(d),
+    BENCHMARKS.md); the collapse rule's default floor is 0.01 / sqrt(d)."""
+    matrix = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    return float(torch.nn.functional.normalize(matrix, dim=1).std(dim=0).mean())
 
 
 @dataclass

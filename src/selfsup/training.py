@@ -167,7 +167,9 @@ def train(
         )
     if config.compile:
         model = torch.compile(model)
-    inputs = MethodInputs(images, method.input_sampler(), config.crop_scale)
+    inputs = MethodInputs(
+        images, method.input_sampler(), config.crop_scale, config.horizontal_flip_p
+    )
     method.train()
     # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
     progress = tqdm(

@@ -12,8 +12,16 @@ import torch.nn.functional as F
 from selfsup.masks import MaskBatch, sample_masks
 from selfsup.methods import METHODS, build_method
 from selfsup.methods.ijepa import IJEPA, ema_update, prediction_loss
+from selfsup.randomness import SampleDraws
 from selfsup.training import train
-from tests.helpers import TINY_ENCODER, TINY_MASKING, draws_for, make_ijepa, tiny_training
+from tests.helpers import (
+    TINY_ENCODER,
+    TINY_MASKING,
+    TINY_PREDICTOR,
+    draws_for,
+    make_ijepa,
+    tiny_training,
+)
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 5) -> None:
@@ -212,3 +220,30 @@ def test_every_step_applies_ema_with_the_scheduled_momentum(images):
     history = train(method, images, tiny_training(), seed=0)
     assert checks == list(range(6))
     assert history["momentum"].iloc[-1] == 1.0
+
+
+def test_targets_stay_deterministic_while_stochastic_depth_randomizes_the_context(images):
+    """In training mode the context encoder drops residual branches at random; the EMA
+    target encoder stays in eval mode, so the same image always gets the same targets."""
+    torch.manual_seed(0)
+    encoder = TINY_ENCODER.model_copy(update={"depth": 2, "drop_path_rate": 0.5})
+    method = build_method("ijepa", {"predictor": TINY_PREDICTOR}, encoder, TINY_MASKING, 1)
+    method.train()
+    assert method.context_encoder.training and method.predictor.training
+    assert not method.target_encoder.training
+    first, second = method.target_features(images), method.target_features(images)
+    assert torch.equal(first, second)
+    assert not torch.equal(method.context_encoder(images), method.context_encoder(images))
+
+
+def test_prediction_cosine_monitor_is_the_mean_cosine_of_each_predicted_patch(method, images):
+    """With the masks of the held-out batch's fixed draws, written out: dot product
+    over the product of norms, averaged over images, targets and patches."""
+    batch = images[:6]
+    with torch.no_grad():
+        reported = method.monitor_metrics(batch)["prediction_cosine"]
+        masks = sample_masks(method.sampler, SampleDraws.first_batch(6))
+        predictions, targets = method.forward_with_masks(batch, masks)
+    cosine = (predictions * targets).sum(-1) / (predictions.norm(dim=-1) * targets.norm(dim=-1))
+    assert reported == pytest.approx(float(cosine.mean()), abs=1e-6)
+    assert abs(reported) < 0.9  # untrained: far from a predictor that matches its targets

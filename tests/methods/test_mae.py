@@ -9,6 +9,7 @@ import torch
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig, TrainingConfig
 from selfsup.methods import METHODS, build_method
 from selfsup.methods.mae import MAE, masked_patch_loss, patchify, random_masking
+from selfsup.randomness import SampleDraws
 from selfsup.training import train
 
 ENCODER = EncoderConfig(embed_dim=32, depth=1, num_heads=2)
@@ -123,3 +124,28 @@ def test_trains_through_the_shared_loop_deterministically():
     for name, tensor in runs[0][1].items():
         torch.testing.assert_close(tensor, runs[1][1][name], rtol=0, atol=0)
     assert runs[0][1]["blocks.0.attn.qkv.weight"].shape == (96, 32)
+
+
+def test_training_loss_is_the_mean_over_patches_the_encoder_did_not_see():
+    """The loss the loop optimizes, rebuilt from its parts: per-patch squared error of
+    the decoder's output against normalized pixels, averaged over the masked patches
+    only (the paper), with the encoder fed exactly the kept ones."""
+    mae = tiny_mae()
+    images = torch.randn(4, 3, 16, 16)
+    draws = SampleDraws.first_batch(4, seed=3)
+    kept, restore = random_masking(64, mae.config.mask_ratio, draws.per_sample("masks"))
+    seen = []
+    handle = mae.encoder.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        loss = mae.loss_on(images, draws)
+        predictions = mae.reconstruct(images, kept, restore)
+    handle.remove()
+    assert seen[0] == (4, 16, 32)  # 25 % of 64 patches, encoder width 32
+    per_patch = ((predictions - mae.pixel_targets(images)) ** 2).mean(-1)
+    hidden = torch.ones(4, 64, dtype=torch.bool)
+    for row in range(4):
+        hidden[row, kept[row]] = False
+    assert int(hidden.sum()) == 4 * 48
+    torch.testing.assert_close(loss, per_patch[hidden].mean())
+    # Averaging over every patch instead gives another number on this draw.
+    assert not torch.isclose(loss, per_patch.mean())

@@ -9,7 +9,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from selfsup.config import EncoderConfig, FeatureConfig, IngestionConfig, MaskingConfig
+from selfsup.config import (
+    EncoderConfig,
+    FeatureConfig,
+    IngestionConfig,
+    MaskingConfig,
+    PretrainingConfig,
+)
 from selfsup.data.preprocessing import to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
@@ -21,6 +27,7 @@ from selfsup.pipelines.masking.nodes import (
     mask_preview,
     mask_statistics,
 )
+from selfsup.pipelines.pretraining.nodes import _run_identity
 
 ENCODER = EncoderConfig(embed_dim=16, depth=1, num_heads=2)
 MASKING = MaskingConfig(image_size=16, patch_size=2)
@@ -155,3 +162,60 @@ def test_mask_preview_draws_the_configured_strategy(small_set, strategy):
             assert ax.get_title() == f"{NUM_TARGETS[strategy]} target(s)"
     finally:
         plt.close(fig)
+
+
+def test_a_checkpoint_resumes_only_a_run_that_trains_the_same_way():
+    """The identity a checkpoint carries changes with whatever changes the trained
+    weights, and not with how the same steps are computed or saved."""
+
+    def identity(method="ijepa", hyperparameters=None, seed=0, num_images=100, **training):
+        pretraining = PretrainingConfig(
+            method=method,
+            hyperparameters=hyperparameters or {},
+            training={"epochs": 2, **training},
+        )
+        return _run_identity(pretraining, ENCODER, MASKING, seed, num_images)
+
+    reference = identity()
+    assert identity() == reference
+    retrains = {
+        "method": identity(method="mae"),
+        "hyperparameters": identity(hyperparameters={"ema_momentum": [0.998, 1.0]}),
+        "lr": identity(lr=2e-3),
+        "epochs": identity(epochs=3),
+        "precision": identity(precision="bf16"),
+        "crop_scale": identity(crop_scale=[0.3, 1.0]),
+        "horizontal_flip_p": identity(horizontal_flip_p=0.5),
+        "seed": identity(seed=1),
+        "num_images": identity(num_images=101),
+    }
+    assert [name for name, other in retrains.items() if other == reference] == []
+    assert (
+        _run_identity(
+            PretrainingConfig(method="ijepa", training={"epochs": 2}),
+            ENCODER.model_copy(update={"depth": 2}),
+            MASKING,
+            0,
+            100,
+        )
+        != reference
+    )
+    same_steps = {
+        "resume": True,
+        "checkpoint_every": 5,
+        "keep_checkpoints": 3,
+        "num_threads": 1,
+        "device": "cpu",
+        "loader_workers": 2,
+        "accumulation_steps": 2,
+        "compile": True,
+    }
+    assert [
+        name for name, value in same_steps.items() if identity(**{name: value}) != reference
+    ] == []
+    watched = PretrainingConfig(
+        method="ijepa",
+        training={"epochs": 2},
+        monitors={"every_steps": 3, "collapse": {"on_collapse": "stop"}},
+    )
+    assert _run_identity(watched, ENCODER, MASKING, 0, 100) == reference
