@@ -14,13 +14,15 @@ hyperparameters) override it; one thread per run, so two runs can share 2 cores.
 `"centered_targets": true` (I-JEPA only) trains a variant that is not the paper's: each
 patch's target has its mean over the batch at that position removed and is scaled to unit
 RMS, so the predictor cannot lower the loss from a patch's position alone (BENCHMARKS.md,
-"More steps, and targets without their positional part").
+"More steps, and targets without their positional part"). `"official_init": true` (I-JEPA
+only) re-initializes the built model as the official I-JEPA code does (`official_init`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 import types
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from timm.layers import trunc_normal_
 
 from selfsup.config import (
     EncoderConfig,
@@ -58,6 +61,24 @@ def centered_target_features(self: IJEPA, images: torch.Tensor) -> torch.Tensor:
     full = IJEPA.target_features(self, images)
     full = full - full.mean(dim=0, keepdim=True)
     return full / (full.pow(2).mean(dim=(0, 2), keepdim=True).sqrt() + 1e-6)
+
+
+@torch.no_grad()
+def official_init(method: IJEPA) -> None:
+    """The official I-JEPA code's initialization where it differs from this project's:
+    the patch-embedding convolution drawn like the linears (truncated normal, std 0.02;
+    here: PyTorch's default), and in block i (from 1) of the encoder and the predictor the
+    attention and MLP output projections divided by sqrt(2 i). The target encoder is
+    copied from the context encoder again."""
+    for module in method.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            trunc_normal_(module.weight, std=0.02)
+            torch.nn.init.zeros_(module.bias)
+    for part in (method.context_encoder, method.predictor):
+        for i, block in enumerate(part.blocks, start=1):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * i))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
+    method.target_encoder.load_state_dict(method.context_encoder.state_dict())
 
 
 def base_parameters() -> dict:
@@ -102,6 +123,10 @@ def main() -> None:
         if not isinstance(method, IJEPA):
             raise ValueError("centered_targets is an I-JEPA variant; METHOD must be ijepa")
         method.target_features = types.MethodType(centered_target_features, method)
+    if overrides.get("official_init"):
+        if not isinstance(method, IJEPA):
+            raise ValueError("official_init is I-JEPA's; METHOD must be ijepa")
+        official_init(method)
     print(f"{name}: init {score(method.evaluation_encoder())}", flush=True)
 
     def on_epoch_end(epoch: int, m: torch.nn.Module) -> None:
