@@ -212,3 +212,12 @@ def test_every_protocol_standardizes_with_the_train_split_only():
     nearest = (unit(part["test"][0]) @ unit(part["train"][0]).T).argmax(axis=1)
     expected_knn = float((train_y[nearest] == part["test"][1]).mean())
     assert result["knn"]["test_accuracy"] == pytest.approx(expected_knn)
+
+
+def test_too_few_train_images_for_the_largest_shot_count_names_the_class_and_parameter():
+    labels = np.array([0] * 12 + [1] * 4 + [0, 1] * 3)
+    splits = np.array(["train"] * 16 + ["val", "val", "test", "test", "val", "test"])
+    config = EvaluationConfig(low_shot={"shots": [1, 5]})
+    with pytest.raises(ValueError, match=r"class 1 has 4 train images.*shots=5"):
+        evaluation.check_enough_labels(labels, splits, config)
+    evaluation.check_enough_labels(labels, splits, EvaluationConfig(low_shot={"shots": [1, 4]}))

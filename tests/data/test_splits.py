@@ -43,3 +43,15 @@ def test_deterministic_given_seed(labels):
     first = stratified_split(labels, 0.2, 0.2, seed=7)
     np.testing.assert_array_equal(first, stratified_split(labels, 0.2, 0.2, seed=7))
     assert not np.array_equal(first, stratified_split(labels, 0.2, 0.2, seed=8))
+
+
+def test_a_class_with_fewer_than_three_images_is_named_before_splitting():
+    labels = np.repeat([0, 1, 2], [10, 2, 10])
+    with pytest.raises(ValueError, match=r"class 'sevens' has 2 image\(s\).*at least 3 per class"):
+        stratified_split(labels, 0.2, 0.2, seed=0, class_names=["ones", "sevens", "nines"])
+
+
+def test_fractions_too_small_for_every_class_in_every_split_name_the_parameter():
+    labels = np.repeat(np.arange(10), 3)  # 30 images: a 5 % test split holds 1.5 images
+    with pytest.raises(ValueError, match=r"ingestion.split val=0.05, test=0.05"):
+        stratified_split(labels, 0.05, 0.05, seed=0)

@@ -270,7 +270,8 @@ def test_features(data):
         "raw_pixels": 32 * 32,
         "random_init": 32,
     }
-    # Each method trained its own encoder from the same initial weights.
+    # Each method trained its own encoder: no two feature sets are the same (the shared
+    # initial weights are checked in test_nodes, random_init baseline test).
     for a, b in [("ijepa", "mae"), ("ijepa", "simclr"), ("mae", "random_init")]:
         assert not np.allclose(
             np.load(data / "04_feature" / a / "features.npy"),

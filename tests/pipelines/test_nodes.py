@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from selfsup.config import (
     EncoderConfig,
+    EvaluationConfig,
     FeatureConfig,
     IngestionConfig,
     MaskingConfig,
@@ -19,6 +20,7 @@ from selfsup.config import (
 from selfsup.data.preprocessing import to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
+from selfsup.pipelines.evaluation.nodes import evaluate
 from selfsup.pipelines.features.nodes import random_init_features, raw_pixel_features
 from selfsup.pipelines.ingestion.nodes import ingest_images, report_dataset
 from selfsup.pipelines.masking.nodes import (
@@ -219,3 +221,11 @@ def test_a_checkpoint_resumes_only_a_run_that_trains_the_same_way():
         monitors={"every_steps": 3, "collapse": {"on_collapse": "stop"}},
     )
     assert _run_identity(watched, ENCODER, MASKING, 0, 100) == reference
+
+
+def test_evaluation_refuses_features_that_do_not_match_the_labelled_images(small_set):
+    """Features from an earlier dataset (another row count) are stale, not re-aligned."""
+    _, samples = small_set
+    stale = np.zeros((len(samples) + 1, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"13 feature rows for 12 labelled images.*stale"):
+        evaluate(stale, samples, EvaluationConfig(), seed=0)
