@@ -57,7 +57,9 @@ def held_out_batch() -> tuple[torch.Tensor, MonitorConfig]:
 
 def vit_b16_features(images: torch.Tensor) -> np.ndarray:
     torch.manual_seed(0)
-    encoder = VisionTransformerEncoder(224, 16, 3, embed_dim=768, depth=12, num_heads=12)
+    encoder = VisionTransformerEncoder(
+        224, 16, 3, embed_dim=768, depth=12, num_heads=12, weight_init="trunc_normal"
+    )
     return encoder_features(encoder, images, batch_size=16)
 
 

@@ -65,6 +65,12 @@ def augmentations(**values: object) -> dict:
     return {"simclr": {"hyperparameters": {"augmentations": values}}}
 
 
+# MAE's official initialization for every method's networks and the random baseline; the
+# default since 2026-11-24, so "xavier init" now equals "default". Rows in BENCHMARKS.md
+# dated before ran with std-0.02 linears: add {"encoder": {"weight_init": "trunc_normal"}}
+# to a variant to repeat them.
+XAVIER = {"encoder": {"weight_init": "xavier"}}
+
 # method -> variant name -> runtime parameter overrides (nested), applied on top of conf/base.
 VARIANTS: dict[str, dict[str, dict]] = {
     "ijepa": with_seeds(
@@ -81,8 +87,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "40 epochs": training("ijepa", epochs=40),
             "encoder 192x6": {"encoder": {"embed_dim": 192, "depth": 6, "num_heads": 3}},
             "bf16 autocast": training("ijepa", precision="bf16"),
+            "xavier init": XAVIER,
         },
         "default",
+        "xavier init",
     ),
     "mae": with_seeds(
         {
@@ -95,9 +103,11 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "pixel targets (no norm-pix)": hyperparameters("mae", norm_pix_loss=False),
             "mask ratio 0.5": hyperparameters("mae", mask_ratio=0.5),
             "bf16 autocast": training("mae", precision="bf16"),
+            "xavier init": XAVIER,
         },
         "default",
         "lr 1e-3",
+        "xavier init",
     ),
     "simclr": with_seeds(
         {
@@ -116,8 +126,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 training("simclr", lr=0.001, start_lr=0.0001),
             ),
             "bf16 autocast": training("simclr", precision="bf16"),
+            "xavier init": XAVIER,
         },
         "default",
+        "xavier init",
     ),
 }
 

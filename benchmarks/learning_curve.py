@@ -14,8 +14,17 @@ hyperparameters) override it; one thread per run, so two runs can share 2 cores.
 `"centered_targets": true` (I-JEPA only) trains a variant that is not the paper's: each
 patch's target has its mean over the batch at that position removed and is scaled to unit
 RMS, so the predictor cannot lower the loss from a patch's position alone (BENCHMARKS.md,
-"More steps, and targets without their positional part"). `"official_init": true` (I-JEPA
-only) re-initializes the built model as the official I-JEPA code does (`official_init`).
+"More steps, and targets without their positional part"). `"official_init": true`
+re-initializes the built model as the official code of I-JEPA (`official_init`) or of MAE
+(`xavier_init`) does; `"xavier_init": true` gives any method MAE's initialization.
+`"misalign": P` (any method) replaces the embedded digits' alignment: each digit is resized
+to (size - P) px and pasted on a black size x size canvas at an offset of 0..P px per axis,
+drawn once per image from the seed (a fixed dataset, not an augmentation), so pixel
+distance no longer lines strokes up (BENCHMARKS.md, "Digits moved off-centre").
+
+The commands in BENCHMARKS.md dated before the xavier default (2026-11-24, "Weight
+initialization") ran with std-0.02 linears: add `"encoder": {"weight_init": "trunc_normal"}`
+to repeat them.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from timm.layers import trunc_normal_
@@ -45,6 +55,7 @@ from selfsup.data.splits import stratified_split
 from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.methods import build_method
 from selfsup.methods.ijepa import IJEPA
+from selfsup.methods.mae import MAE
 from selfsup.monitors import rankme
 from selfsup.training import train
 
@@ -63,11 +74,21 @@ def centered_target_features(self: IJEPA, images: torch.Tensor) -> torch.Tensor:
     return full / (full.pow(2).mean(dim=(0, 2), keepdim=True).sqrt() + 1e-6)
 
 
+def misaligned(images: np.ndarray, size: int, margin: int, seed: int) -> np.ndarray:
+    """Each image resized to size - margin and pasted at its own offset in 0..margin."""
+    small = resize_images(images, size - margin)
+    out = np.zeros((len(images), size, size, images.shape[3]), dtype=np.uint8)
+    offsets = np.random.default_rng(seed).integers(0, margin + 1, size=(len(images), 2))
+    for row, (top, left) in enumerate(offsets):
+        out[row, top : top + size - margin, left : left + size - margin] = small[row]
+    return out
+
+
 @torch.no_grad()
 def official_init(method: IJEPA) -> None:
-    """The official I-JEPA code's initialization where it differs from this project's:
-    the patch-embedding convolution drawn like the linears (truncated normal, std 0.02;
-    here: PyTorch's default), and in block i (from 1) of the encoder and the predictor the
+    """The official I-JEPA code's initialization where it differs from this project's
+    `trunc_normal` (which `main` builds with): the patch-embedding convolution drawn like
+    the linears (truncated normal, std 0.02; here: PyTorch's default), and in block i (from 1) of the encoder and the predictor the
     attention and MLP output projections divided by sqrt(2 i). The target encoder is
     copied from the context encoder again."""
     for module in method.modules():
@@ -79,6 +100,24 @@ def official_init(method: IJEPA) -> None:
             block.attn.proj.weight.div_(math.sqrt(2.0 * i))
             block.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
     method.target_encoder.load_state_dict(method.context_encoder.state_dict())
+
+
+@torch.no_grad()
+def xavier_init(method: torch.nn.Module) -> None:
+    """The official MAE code's initialization where it differs from this project's:
+    every linear xavier-uniform instead of truncated normal std 0.02, and the
+    patch-embedding convolution xavier-uniform as if it were a linear. An I-JEPA target
+    encoder is copied from the context encoder again."""
+    for module in method.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            torch.nn.init.zeros_(module.bias)
+    if isinstance(method, IJEPA):
+        method.target_encoder.load_state_dict(method.context_encoder.state_dict())
 
 
 def base_parameters() -> dict:
@@ -98,12 +137,21 @@ def main() -> None:
     digits = load_source("digits", {})
     split = stratified_split(digits.labels, 0.2, 0.2, SEED)
     masking = MaskingConfig(**{**base["masking"], **overrides.get("masking", {})})
-    encoder = EncoderConfig(**{**base["encoder"], **overrides.get("encoder", {})})
+    encoder_values = {**base["encoder"], **overrides.get("encoder", {})}
+    if overrides.get("official_init") and block["method"] == "ijepa":
+        # The official I-JEPA linears: std 0.02, whatever conf/base's default.
+        encoder_values["weight_init"] = "trunc_normal"
+    encoder = EncoderConfig(**encoder_values)
     training = TrainingConfig(
         **{**block["training"], "num_threads": 1, **overrides.get("training", {})}
     )
     hyperparameters = {**block["hyperparameters"], **overrides.get("method", {})}
-    images = resize_images(digits.images, masking.image_size)
+    margin = overrides.get("misalign", 0)
+    images = (
+        misaligned(digits.images, masking.image_size, margin, SEED)
+        if margin
+        else resize_images(digits.images, masking.image_size)
+    )
     normalization = channel_statistics(images[split == "train"])
     x = to_model_input(images, normalization)
 
@@ -124,9 +172,14 @@ def main() -> None:
             raise ValueError("centered_targets is an I-JEPA variant; METHOD must be ijepa")
         method.target_features = types.MethodType(centered_target_features, method)
     if overrides.get("official_init"):
-        if not isinstance(method, IJEPA):
-            raise ValueError("official_init is I-JEPA's; METHOD must be ijepa")
-        official_init(method)
+        if isinstance(method, IJEPA):
+            official_init(method)
+        elif isinstance(method, MAE):
+            xavier_init(method)
+        else:
+            raise ValueError("official_init exists for ijepa and mae; METHOD is neither")
+    if overrides.get("xavier_init"):
+        xavier_init(method)
     print(f"{name}: init {score(method.evaluation_encoder())}", flush=True)
 
     def on_epoch_end(epoch: int, m: torch.nn.Module) -> None:

@@ -64,6 +64,7 @@ def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
     ingestion = IngestionConfig(**params["ingestion"])
     assert ingestion.source == "image_folder"
     encoder = EncoderConfig(**params["encoder"])
+    assert encoder.weight_init == "trunc_normal"  # I-JEPA's; conf/base's xavier does not leak in
     for name in ("ijepa", "mae", "simclr"):
         config = PretrainingConfig(**params[name])
         assert config.training.batch_size == 2048 and config.training.epochs == 300

@@ -15,7 +15,14 @@ from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
 from selfsup.randomness import SampleDraws
 from selfsup.training import NonFiniteLossError, parameter_groups, resolve_device, train
-from tests.helpers import TINY_ENCODER, TINY_MASKING, TINY_PREDICTOR, make_ijepa, tiny_training
+from tests.helpers import (
+    TINY_ENCODER,
+    TINY_MASKING,
+    TINY_PREDICTOR,
+    assert_same_weights,
+    make_ijepa,
+    tiny_training,
+)
 
 HISTORY_COLUMNS = {"step", "epoch", "loss", "lr", "weight_decay", "momentum"}
 
@@ -475,10 +482,7 @@ def test_compiled_training_matches_eager(first_run, module_images):
     eager, _, eager_history = first_run
     compiled, _, history = run(module_images, compile=True)
     np.testing.assert_allclose(history["loss"], eager_history["loss"], rtol=1e-5)
-    for (name, a), (_, b) in zip(
-        compiled.state_dict().items(), eager.state_dict().items(), strict=True
-    ):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_weights(compiled.state_dict(), eager.state_dict(), atol=1e-5, rtol=1e-4)
 
 
 def test_compile_without_a_cpp_compiler_is_refused_before_training(module_images, monkeypatch):

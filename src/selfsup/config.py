@@ -223,6 +223,8 @@ class EncoderConfig(StrictModel):
     num_heads: int = Field(3, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    # xavier: MAE's official code; trunc_normal: I-JEPA's (selfsup.models.vit.init_weights).
+    weight_init: Literal["xavier", "trunc_normal"] = "xavier"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> EncoderConfig:

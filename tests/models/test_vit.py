@@ -183,3 +183,15 @@ def test_checkpoint_round_trip_reproduces_outputs_exactly():
     images = batch(2)
     with torch.no_grad():
         assert torch.equal(rebuilt(images), encoder(images))
+
+
+def test_the_key_bias_gets_no_gradient_and_the_query_and_value_biases_do():
+    """Softmax ignores a shift shared by every key, so the key third of qkv.bias has a
+    zero gradient in exact arithmetic (why tests.helpers.assert_same_weights skips it)."""
+    encoder = make_encoder(depth=1).double()
+    encoder(batch().double()).pow(2).sum().backward()
+    grad = encoder.blocks[0].attn.qkv.bias.grad
+    query, key, value = grad.chunk(3)
+    assert key.abs().max() < 1e-12 * grad.abs().max()
+    assert query.abs().max() > 1e-3 * grad.abs().max()
+    assert value.abs().max() > 1e-3 * grad.abs().max()

@@ -75,6 +75,7 @@ class IJEPA(PretrainingMethod):
             depth=config.predictor.depth,
             num_heads=config.predictor.num_heads,
             mlp_ratio=config.predictor.mlp_ratio,
+            weight_init=encoder.weight_init,
         )
         # masking.strategy picks multi-block (the method) or one of the paper's ablations.
         self.sampler = build_mask_sampler(data.masking)

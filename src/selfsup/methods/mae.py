@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ class MAEDecoder(nn.Module):
         embed_dim: int,
         depth: int,
         num_heads: int,
+        weight_init: str = "xavier",
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(encoder_dim, embed_dim)
@@ -85,7 +87,7 @@ class MAEDecoder(nn.Module):
         )
         self.norm = LayerNorm(embed_dim)
         self.predict = nn.Linear(embed_dim, patch_dim)
-        self.apply(init_weights)
+        self.apply(partial(init_weights, scheme=weight_init))
         nn.init.normal_(self.mask_token, std=0.02)
 
     def unshuffle(self, visible: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
@@ -126,6 +128,7 @@ class MAE(PretrainingMethod):
             embed_dim=config.decoder.embed_dim,
             depth=config.decoder.depth,
             num_heads=config.decoder.num_heads,
+            weight_init=encoder.weight_init,
         )
 
     def reconstruct(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from selfsup import distributed
 from selfsup.config import SimCLRAugmentationConfig, SimCLRConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
+from selfsup.models.vit import init_weights
 from selfsup.randomness import SampleDraws, seeded_torch_draws
 
 
@@ -109,6 +111,9 @@ class SimCLR(PretrainingMethod):
         self.projection_head = Mlp(
             encoder.embed_dim, head.hidden_dim, head.out_dim, act_layer=nn.ReLU
         )
+        if encoder.weight_init == "xavier":
+            # trunc_normal keeps the head at PyTorch's default, as it always was.
+            self.projection_head.apply(partial(init_weights, scheme="xavier"))
         self.data = data
         self.augment = view_transform(config.augmentations, data.masking.image_size, data.channels)
 

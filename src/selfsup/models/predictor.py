@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
@@ -28,6 +30,7 @@ class Predictor(nn.Module):
         depth: int = 3,
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
+        weight_init: str = "xavier",
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(encoder_dim, embed_dim)
@@ -39,7 +42,7 @@ class Predictor(nn.Module):
         )
         self.norm = LayerNorm(embed_dim)
         self.project = nn.Linear(embed_dim, encoder_dim)
-        self.apply(init_weights)
+        self.apply(partial(init_weights, scheme=weight_init))
         trunc_normal_(self.mask_token, std=0.02)
 
     def forward(

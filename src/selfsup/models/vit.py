@@ -36,10 +36,25 @@ def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return picked.reshape(*indices.shape, tokens.shape[-1])
 
 
-def init_weights(module: nn.Module) -> None:
-    """ViT initialization: truncated normal linears, unit LayerNorms."""
+def init_weights(module: nn.Module, scheme: str) -> None:
+    """ViT initialization of one module (use with `Module.apply`); zero biases and unit
+    LayerNorms in both schemes.
+
+    trunc_normal (I-JEPA's official code, timm's default): linears truncated normal with
+    std 0.02; the patch-embedding convolution keeps PyTorch's default. xavier (MAE's
+    official code): linears, and the patch-embedding convolution viewed as a linear,
+    xavier-uniform. On small images the larger xavier weights matter (BENCHMARKS.md,
+    "Weight initialization").
+    """
     if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
+        if scheme == "xavier":
+            nn.init.xavier_uniform_(module.weight)
+        else:
+            trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d) and scheme == "xavier":
+        nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -64,9 +79,11 @@ class VisionTransformerEncoder(nn.Module):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
+        weight_init: str = "xavier",
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.weight_init = weight_init
         self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
         self.grid = image_size // patch_size
         self.register_buffer(
@@ -85,7 +102,7 @@ class VisionTransformerEncoder(nn.Module):
             for rate in drop_rates
         )
         self.norm = LayerNorm(embed_dim)
-        self.apply(init_weights)
+        self.apply(partial(init_weights, scheme=weight_init))
 
     @property
     def num_patches(self) -> int:
@@ -136,6 +153,7 @@ def build_encoder(
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
         drop_path_rate=config.drop_path_rate,
+        weight_init=config.weight_init,
     )
 
 
