@@ -129,6 +129,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "xavier init": XAVIER,
         },
         "default",
+        "lr 1e-3",
         "xavier init",
     ),
 }
