@@ -56,6 +56,7 @@ from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.methods import build_method
 from selfsup.methods.ijepa import IJEPA
 from selfsup.methods.mae import MAE
+from selfsup.models.vit import init_weights
 from selfsup.monitors import rankme
 from selfsup.training import train
 
@@ -88,8 +89,9 @@ def misaligned(images: np.ndarray, size: int, margin: int, seed: int) -> np.ndar
 def official_init(method: IJEPA) -> None:
     """The official I-JEPA code's initialization where it differs from this project's
     `trunc_normal` (which `main` builds with): the patch-embedding convolution drawn like
-    the linears (truncated normal, std 0.02; here: PyTorch's default), and in block i (from 1) of the encoder and the predictor the
-    attention and MLP output projections divided by sqrt(2 i). The target encoder is
+    the linears (truncated normal, std 0.02; here: PyTorch's default), and in block i
+    (from 1) of the encoder and the predictor the attention and MLP output projections
+    divided by sqrt(2 i). The target encoder is
     copied from the context encoder again."""
     for module in method.modules():
         if isinstance(module, torch.nn.Conv2d):
@@ -107,15 +109,10 @@ def xavier_init(method: torch.nn.Module) -> None:
     """The official MAE code's initialization where it differs from this project's:
     every linear xavier-uniform instead of truncated normal std 0.02, and the
     patch-embedding convolution xavier-uniform as if it were a linear. An I-JEPA target
-    encoder is copied from the context encoder again."""
+    encoder is copied from the context encoder again. Modules in `modules()` order, so
+    the draws are those of the recorded runs."""
     for module in method.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
-            torch.nn.init.zeros_(module.bias)
+        init_weights(module, "xavier")
     if isinstance(method, IJEPA):
         method.target_encoder.load_state_dict(method.context_encoder.state_dict())
 

@@ -102,6 +102,7 @@ def assert_same_weights(actual: dict, expected: dict, atol: float, rtol: float) 
     bias has no gradient in exact arithmetic (tests/models/test_vit.py checks it); what it
     gets is rounding noise, which Adam turns into lr-sized steps that change with the order
     of float sums (threads, processes, compilation)."""
+    assert list(actual) == list(expected)
     for name, value in expected.items():
         got = actual[name]
         if name.endswith("attn.qkv.bias"):
