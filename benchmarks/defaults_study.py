@@ -7,9 +7,11 @@ thread. Prints one markdown row per variant with the method's and random init's 
 accuracy (%) and the method's pretraining time.
 
 Usage (repository root, project environment):
-    python benchmarks/defaults_study.py METHOD [--jobs 2] [VARIANT ...]
+    python benchmarks/defaults_study.py [--jobs 2] [--pooling grid] METHOD [VARIANT ...]
 METHOD is ijepa, mae or simclr; VARIANT names come from VARIANTS below (default: all of
 that method's). A variant's overrides are nested parameters applied on top of conf/base.
+`--pooling P` adds a row per variant: the same trained encoders (and random init) probed
+with `features.pooling: P` (features and evaluation pipelines rerun, no retraining).
 """
 
 from __future__ import annotations
@@ -88,9 +90,19 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "encoder 192x6": {"encoder": {"embed_dim": 192, "depth": 6, "num_heads": 3}},
             "bf16 autocast": training("ijepa", precision="bf16"),
             "xavier init": XAVIER,
+            "100 epochs, EMA 0.996": merge(
+                training("ijepa", epochs=100),
+                hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
+            ),
+            "300 epochs, EMA 0.996": merge(
+                training("ijepa", epochs=300),
+                hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
+            ),
         },
         "default",
         "xavier init",
+        "100 epochs, EMA 0.996",
+        "300 epochs, EMA 0.996",
     ),
     "mae": with_seeds(
         {
@@ -104,10 +116,12 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "mask ratio 0.5": hyperparameters("mae", mask_ratio=0.5),
             "bf16 autocast": training("mae", precision="bf16"),
             "xavier init": XAVIER,
+            "100 epochs": training("mae", epochs=100),
         },
         "default",
         "lr 1e-3",
         "xavier init",
+        "100 epochs",
     ),
     "simclr": with_seeds(
         {
@@ -127,10 +141,12 @@ VARIANTS: dict[str, dict[str, dict]] = {
             ),
             "bf16 autocast": training("simclr", precision="bf16"),
             "xavier init": XAVIER,
+            "100 epochs": training("simclr", epochs=100),
         },
         "default",
         "lr 1e-3",
         "xavier init",
+        "100 epochs",
     ),
 }
 
@@ -193,10 +209,22 @@ def row(name: str, method: str, metrics: dict, seconds: float) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def read_metrics(cwd: Path, method: str) -> dict:
+    return {
+        key: json.loads((cwd / f"data/07_model_output/{key}/metrics.json").read_text())
+        for key in (method, "random_init")
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("method", choices=sorted(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--pooling",
+        choices=["last", "last4", "grid"],
+        help="also probe each variant's encoders with this features.pooling (no retraining)",
+    )
     parser.add_argument("only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
     method = args.method
@@ -215,12 +243,20 @@ def main() -> None:
             namespaces = f"{method},random_init"
             stages = "pretraining,features,evaluation"
             run_kedro(cwd, ["--pipelines", stages, "--namespaces", namespaces], params)
-            metrics = {
-                key: json.loads((cwd / f"data/07_model_output/{key}/metrics.json").read_text())
-                for key in (method, "random_init")
-            }
             history = pd.read_csv(cwd / f"data/07_model_output/{method}/training_history.csv")
-            return row(name, method, metrics, float(history["elapsed_s"].iloc[-1]))
+            seconds = float(history["elapsed_s"].iloc[-1])
+            rows = [row(name, method, read_metrics(cwd, method), seconds)]
+            if args.pooling:
+                # The same encoders read out again: features and probes only.
+                read_out = merge(params, {"features": {"pooling": args.pooling}})
+                run_kedro(
+                    cwd,
+                    ["--pipelines", "features,evaluation", "--namespaces", namespaces],
+                    read_out,
+                )
+                label = f"{name}, pooling {args.pooling}"
+                rows.append(row(label, method, read_metrics(cwd, method), seconds))
+            return "\n".join(rows)
 
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one, chosen.items()))

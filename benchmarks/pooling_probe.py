@@ -6,8 +6,9 @@ This script probes the encoders of the last `kedro run` (data/06_models/*/encode
 and the same ViT with random weights (the pipeline's random_init: conf/base seed) with
 the pipeline's average, with the pipeline's other option (`features.pooling: last4`, the
 paper's concatenated averages of the last 4 blocks), and with the average next to a 2x2
-grid (5 x 128 dims) or a 4x4 grid (17 x 128 dims) of token averages, through the
-evaluation pipeline's own protocols (`evaluate_features`).
+grid (5 x 128 dims) or a 4x4 grid (17 x 128 dims) of token averages (`features.pooling:
+grid` with `grid_cells` 2 or 4), through the evaluation pipeline's own protocols
+(`evaluate_features`).
 
 Usage (repository root, project environment, after `kedro run` or `dvc repro`):
     python benchmarks/pooling_probe.py
@@ -27,7 +28,6 @@ from selfsup.config import EncoderConfig, EvaluationConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.evaluation import encoder_features, evaluate_features
 from selfsup.models.vit import (
-    VisionTransformerEncoder,
     build_encoder,
     encoder_from_checkpoint,
 )
@@ -38,24 +38,6 @@ METHODS = ("ijepa", "mae", "simclr")
 
 def conf(name: str) -> dict:
     return yaml.safe_load((ROOT / "conf" / "base" / name).read_text())
-
-
-@torch.no_grad()
-def mean_and_grids(
-    encoder: VisionTransformerEncoder, images: torch.Tensor, grids: tuple[int, ...]
-) -> dict[int, np.ndarray]:
-    """Per grid size g: the mean of the last block's tokens next to a g x g grid of token
-    means, from one forward pass."""
-    tokens = encoder.eval()(images)
-    mean = tokens.mean(dim=1)
-    side = encoder.grid
-    token_map = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
-    return {
-        grid: torch.cat(
-            [mean, torch.nn.functional.adaptive_avg_pool2d(token_map, grid).flatten(1)], dim=1
-        ).numpy()
-        for grid in grids
-    }
 
 
 def main() -> None:
@@ -90,8 +72,9 @@ def main() -> None:
         # The first two rows are the features pipeline's own read-outs.
         for pooling, label in (("last", "mean (pipeline)"), ("last4", "last4 (pipeline option)")):
             rows.append((name, label, encoder_features(encoder, inputs, pooling)))
-        for grid, features in mean_and_grids(encoder, inputs, (2, 4)).items():
-            rows.append((name, f"mean + {grid}x{grid} grid", features))
+        for cells in (2, 4):
+            features = encoder_features(encoder, inputs, "grid", grid_cells=cells)
+            rows.append((name, f"mean + {cells}x{cells} grid (pipeline option)", features))
     for name, pooling, features in rows:
         result = evaluate_features(features, labels, splits, evaluation, seed)
         print(

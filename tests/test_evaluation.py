@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from selfsup import evaluation
 from selfsup.config import EvaluationConfig
 from selfsup.evaluation import (
+    check_pooling,
     encoder_features,
     evaluate_features,
     few_shot_indices,
@@ -143,6 +144,60 @@ def test_encoder_features_pool_tokens():
     np.testing.assert_allclose(last, expected_last, atol=1e-6)
     np.testing.assert_allclose(last4, expected_last4, atol=1e-6)
     np.testing.assert_allclose(last4[:, -8:], last, atol=1e-6)
+
+
+def cell_means(tokens: np.ndarray, side: int, cells: int) -> np.ndarray:
+    """(B, side*side, D) raster-order tokens -> (B, cells*cells, D): each cell the mean
+    of rows floor(i*side/cells) .. ceil((i+1)*side/cells) - 1, the same for columns."""
+    grid = tokens.reshape(len(tokens), side, side, -1)
+    edges = [(i * side // cells, -(-(i + 1) * side // cells)) for i in range(cells)]
+    return np.stack(
+        [grid[:, r0:r1, c0:c1].mean(axis=(1, 2)) for r0, r1 in edges for c0, c1 in edges],
+        axis=1,
+    )
+
+
+@pytest.mark.parametrize("cells", [1, 2, 3, 4])
+def test_grid_pooling_is_the_mean_next_to_cell_means(cells):
+    """The 4x4 patch grid in 2x2 cells of 2x2 patches, in 3x3 overlapping cells of up to
+    2x2 patches (adaptive pooling's rule), one cell (the mean again) or one patch each."""
+    torch.manual_seed(0)
+    encoder = VisionTransformerEncoder(8, 2, 1, embed_dim=8, depth=2, num_heads=2)
+    images = torch.randn(5, 1, 8, 8)
+    features = encoder_features(encoder, images, "grid", batch_size=2, grid_cells=cells)
+    assert features.shape == (5, 8 * (1 + cells * cells))
+    with torch.no_grad():
+        tokens = encoder(images).numpy()
+    np.testing.assert_allclose(features[:, :8], tokens.mean(axis=1), atol=1e-6)
+    expected = cell_means(tokens, 4, cells).reshape(5, -1)
+    np.testing.assert_allclose(features[:, 8:], expected, atol=1e-6)
+    if cells == 4:  # one patch per cell: the tokens themselves
+        np.testing.assert_allclose(features[:, 8:], tokens.reshape(5, -1), atol=1e-6)
+
+
+def test_grid_pooling_keeps_where_things_are_and_the_mean_does_not():
+    """Two images that are mirror images of each other in patch order have the same
+    token mean under an encoder without position embeddings, but not the same grid."""
+    torch.manual_seed(0)
+    encoder = VisionTransformerEncoder(8, 4, 1, embed_dim=8, depth=1, num_heads=2)
+    encoder.pos_embed.zero_()
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., :4, :4] = 1.0
+    pair = torch.cat([image, image.flip(-1)])
+    mean = encoder_features(encoder, pair, "last")
+    grid = encoder_features(encoder, pair, "grid", grid_cells=2)
+    np.testing.assert_allclose(mean[0], mean[1], atol=1e-5)
+    assert np.abs(grid[0] - grid[1]).max() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("pooling", "cells", "depth", "grid", "named"),
+    [("grid", 9, 4, 8, "features.grid_cells=9"), ("last4", 4, 3, 8, "encoder.depth")],
+)
+def test_read_outs_the_encoder_cannot_give_are_refused(pooling, cells, depth, grid, named):
+    with pytest.raises(ValueError, match=named):
+        check_pooling(pooling, cells, depth, grid)
+    check_pooling("last", cells, depth, grid)
 
 
 def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):

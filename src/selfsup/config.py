@@ -451,7 +451,8 @@ class PretrainingConfig(StrictModel):
 class FeatureConfig(StrictModel):
     """How frozen features are read from an encoder."""
 
-    pooling: Literal["last", "last4"] = "last"
+    pooling: Literal["last", "last4", "grid"] = "last"
+    grid_cells: int = Field(4, ge=1)  # cells per side of `grid`'s token-mean grid
     batch_size: int = Field(256, ge=1)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
@@ -14,28 +17,58 @@ from selfsup.data.preprocessing import NormalizedImages
 from selfsup.models import VisionTransformerEncoder
 
 
+def check_pooling(pooling: str, grid_cells: int, depth: int, grid: int) -> None:
+    """Refuses a read-out the encoder cannot give: `last4` needs 4 blocks, `grid` at
+    most one cell per patch. Called before any training (the project hooks) and again
+    when the features are read, where the encoder may come from a checkpoint."""
+    if pooling == "last4" and depth < 4:
+        raise ValueError(
+            f"features.pooling='last4' needs 4 blocks but the encoder has {depth}; use "
+            "pooling 'last' or 'grid', or a deeper encoder (encoder.depth)"
+        )
+    if pooling == "grid" and grid_cells > grid:
+        raise ValueError(
+            f"features.grid_cells={grid_cells} asks for more cells per side than the "
+            f"encoder's {grid}x{grid} patch grid has patches; use grid_cells <= {grid}"
+        )
+
+
+def pooled_tokens(tokens: torch.Tensor, pooling: str, grid_cells: int) -> torch.Tensor:
+    """(B, L, D) tokens of one block in raster order -> (B, D), or for `grid` the mean
+    next to a grid_cells x grid_cells grid of token means, (B, D * (1 + grid_cells**2)),
+    cell by cell. adaptive_avg_pool2d cuts a grid that grid_cells does not divide into
+    near-equal cells."""
+    mean = tokens.mean(dim=1)
+    if pooling != "grid":
+        return mean
+    side = math.isqrt(tokens.shape[1])
+    token_map = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
+    cells = F.adaptive_avg_pool2d(token_map, grid_cells).flatten(2).transpose(1, 2)
+    return torch.cat([mean, cells.flatten(1)], dim=1)
+
+
 @torch.no_grad()
 def encoder_features(
     encoder: VisionTransformerEncoder,
     images: torch.Tensor | NormalizedImages,
     pooling: str = "last",
     batch_size: int = 256,
+    grid_cells: int = 4,
 ) -> np.ndarray:
-    """Average-pooled tokens of the last block (`last`) or the concatenation of the
-    average-pooled last four blocks (`last4`), float32 (N, D)."""
+    """Average-pooled tokens of the last block (`last`), the concatenation of the
+    average-pooled last four blocks (`last4`), or the last block's average next to a
+    grid_cells x grid_cells grid of token averages, which keeps where things are in
+    the image (`grid`); float32 (N, D x outputs)."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    layers = {"last": 1, "last4": 4}[pooling]
-    if layers > len(encoder.blocks):
-        raise ValueError(
-            f"features.pooling={pooling!r} needs {layers} blocks but the encoder has "
-            f"{len(encoder.blocks)}; use pooling 'last' or a deeper encoder"
-        )
+    layers = {"last": 1, "last4": 4, "grid": 1}[pooling]
+    check_pooling(pooling, grid_cells, len(encoder.blocks), encoder.grid)
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device)
         outputs = encoder.forward_layers(batch, last=layers)
-        chunks.append(torch.cat([out.mean(dim=1) for out in outputs], dim=-1).float().cpu())
+        pooled = [pooled_tokens(out, pooling, grid_cells) for out in outputs]
+        chunks.append(torch.cat(pooled, dim=-1).float().cpu())
     return torch.cat(chunks).numpy()
 
 

@@ -52,9 +52,28 @@ class DistributedHooks:
                 catalog[name] = MemoryDataset()
 
 
+def _as_config(catalog, name: str, config_class):
+    value = catalog.load(f"params:{name}")
+    return value if isinstance(value, config_class) else config_class(**value)
+
+
+def check_read_out(catalog) -> None:
+    """The features' read-out must fit the encoder the run builds: raised before any
+    node runs, not after pretraining."""
+    from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
+    from selfsup.evaluation import check_pooling
+
+    features = _as_config(catalog, "features", FeatureConfig)
+    encoder = _as_config(catalog, "encoder", EncoderConfig)
+    masking = _as_config(catalog, "masking", MaskingConfig)
+    grid = masking.image_size // masking.patch_size
+    check_pooling(features.pooling, features.grid_cells, encoder.depth, grid)
+
+
 class ReportHooks:
-    """Checks a partial run's inputs up front, stops a run that would probe unlabelled
-    images before it trains, and logs the comparison table at the end."""
+    """Checks a partial run's inputs and the features' read-out up front, stops a run
+    that would probe unlabelled images before it trains, and logs the comparison table
+    at the end."""
 
     def __init__(self) -> None:
         self._probes_in_run = False
@@ -65,6 +84,8 @@ class ReportHooks:
             "samples" in node.inputs and any(out.endswith("features") for out in node.outputs)
             for node in pipeline.nodes
         )
+        if any("params:features" in node.inputs for node in pipeline.nodes):
+            check_read_out(catalog)
         missing = sorted(
             name
             for name in pipeline.inputs()
@@ -102,9 +123,7 @@ class ReportHooks:
             labelled = samples[evaluated_rows(samples)]
             if labelled.empty:
                 raise NoLabelledImagesError(no_labels_message())
-            evaluation = catalog.load("params:evaluation")
-            if not isinstance(evaluation, EvaluationConfig):
-                evaluation = EvaluationConfig(**evaluation)
+            evaluation = _as_config(catalog, "evaluation", EvaluationConfig)
             check_enough_labels(
                 labelled["label"].to_numpy(), labelled["split"].to_numpy(), evaluation
             )

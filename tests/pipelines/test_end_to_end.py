@@ -383,6 +383,23 @@ def test_invalid_parameter_fails_before_any_node_runs(tmp_path):
     assert not data_files(project)
 
 
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ("features.pooling=grid,features.grid_cells=9", "features.grid_cells=9"),
+        ("features.pooling=last4,encoder.depth=2", "encoder.depth"),
+    ],
+)
+def test_a_read_out_the_encoder_cannot_give_fails_before_pretraining(tmp_path, params, named):
+    project = make_project_copy(tmp_path)
+    result = kedro(project, "run", "--params", params, timeout=120)
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert named in output
+    assert "Running node" not in output
+    assert not data_files(project)
+
+
 def test_registry_lists_every_pipeline(tmp_path):
     project = make_project_copy(tmp_path)
     result = kedro(project, "registry", "list", timeout=120)

@@ -120,6 +120,22 @@ def test_random_init_baseline_is_the_untrained_pretraining_encoder(small_set):
     assert not np.allclose(baseline, other)
 
 
+def test_feature_nodes_use_the_configured_read_out(small_set):
+    images, samples = small_set
+    normalization = compute_normalization(images, samples)
+    features = FeatureConfig(pooling="grid", grid_cells=2)
+    baseline = random_init_features(
+        images, samples, normalization, ENCODER, MASKING, features, seed=3
+    )
+    torch.manual_seed(3)
+    encoder = build_method("ijepa", {}, ENCODER, MASKING, in_chans=1).context_encoder
+    expected = encoder_features(
+        encoder, to_model_input(images, normalization), "grid", grid_cells=2
+    )
+    assert baseline.shape == (12, 5 * encoder.embed_dim)
+    np.testing.assert_array_equal(baseline, expected)
+
+
 def test_raw_pixel_features(small_set):
     images, samples = small_set
     normalization = compute_normalization(images, samples)

@@ -40,7 +40,9 @@ def evaluated_images(
 
 def _features_of(encoder: torch.nn.Module, images: NormalizedImages, features: FeatureConfig):
     encoder.to(resolve_device("auto"))
-    return encoder_features(encoder, images, features.pooling, features.batch_size)
+    return encoder_features(
+        encoder, images, features.pooling, features.batch_size, features.grid_cells
+    )
 
 
 def pretrained_features(
