@@ -30,6 +30,11 @@ class RepresentationCollapseError(RuntimeError):
     """The collapse rule fired with `on_collapse: stop`."""
 
 
+def _float64_matrix(features: torch.Tensor | np.ndarray) -> torch.Tensor:
+    # float64: the singular values of nearly collapsed features span many decades.
+    return torch.as_tensor(np.asarray(features), dtype=torch.float64)
+
+
 def rankme(features: torch.Tensor | np.ndarray, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al., 2023): exp of the entropy of the singular values of the
     (n, d) feature matrix, normalized to sum to 1: 1 for rank-1 features, up to
@@ -38,7 +43,7 @@ def rankme(features: torch.Tensor | np.ndarray, eps: float = 1e-7) -> float:
     The features are centred over the batch first: pooled ViT features share a large
     common offset (uncentred, random weights and trained encoders alike score about 2 of
     128 on digits), which the probes' standardization removes anyway."""
-    matrix = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    matrix = _float64_matrix(features)
     singular = torch.linalg.svdvals(matrix - matrix.mean(dim=0))
     p = singular / singular.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
     return float(torch.exp(-(p * p.log()).sum()))
@@ -54,7 +59,7 @@ def normalized_std(features: torch.Tensor | np.ndarray) -> float:
     their norm shows it. Average-pooled ViT features share a large common direction, so
     sound encoders score well below 1/sqrt(d) (random weights: 0.08 to 0.17 / sqrt(d),
     BENCHMARKS.md); the collapse rule's default floor is 0.01 / sqrt(d)."""
-    matrix = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    matrix = _float64_matrix(features)
     return float(torch.nn.functional.normalize(matrix, dim=1).std(dim=0).mean())
 
 
