@@ -94,8 +94,16 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
             f"{c.removeprefix('vs_random_init_').replace('_mean', '')} {row[c]:+.1f}" for c in gains
         )
         notes.append(f"- {row['features']} {verdict} random_init ({details} points).")
-    if frame.loc[frame["kind"] == "pretrained", "epochs"].nunique() > 1:
-        notes.append("- Warning: the methods trained for different numbers of epochs.")
+    pretrained = frame[frame["kind"] == "pretrained"]
+    if pretrained["epochs"].nunique() > 1:
+        epochs = ", ".join(
+            f"{name} {count:.0f}"
+            for name, count in zip(pretrained["features"], pretrained["epochs"], strict=True)
+        )
+        notes.append(
+            f"- Warning: the methods trained for different numbers of epochs ({epochs}); "
+            "a gap between them is not a like-for-like comparison."
+        )
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
