@@ -63,6 +63,13 @@ def hyperparameters(method: str, **values: object) -> dict:
     return {method: {"hyperparameters": values}}
 
 
+def ijepa_schedule(epochs: int, ema_start: float) -> dict:
+    return merge(
+        training("ijepa", epochs=epochs),
+        hyperparameters("ijepa", ema_momentum=[ema_start, 1.0]),
+    )
+
+
 def augmentations(**values: object) -> dict:
     return {"simclr": {"hyperparameters": {"augmentations": values}}}
 
@@ -90,25 +97,13 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "encoder 192x6": {"encoder": {"embed_dim": 192, "depth": 6, "num_heads": 3}},
             "bf16 autocast": training("ijepa", precision="bf16"),
             "xavier init": XAVIER,
-            "100 epochs, EMA 0.996": merge(
-                training("ijepa", epochs=100),
-                hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
-            ),
-            "300 epochs, EMA 0.996": merge(
-                training("ijepa", epochs=300),
-                hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
-            ),
+            "100 epochs, EMA 0.996": ijepa_schedule(epochs=100, ema_start=0.996),
+            "300 epochs, EMA 0.996": ijepa_schedule(epochs=300, ema_start=0.996),
             # The default since 2026-11-24: 300 epochs would take the default `kedro run`
             # past issue 3's 20 minutes on 2 CPU cores.
-            "150 epochs, EMA 0.996": merge(
-                training("ijepa", epochs=150),
-                hyperparameters("ijepa", ema_momentum=[0.996, 1.0]),
-            ),
+            "150 epochs, EMA 0.996": ijepa_schedule(epochs=150, ema_start=0.996),
             # The default until 2026-11-24.
-            "20 epochs, EMA 0.999": merge(
-                training("ijepa", epochs=20),
-                hyperparameters("ijepa", ema_momentum=[0.999, 1.0]),
-            ),
+            "20 epochs, EMA 0.999": ijepa_schedule(epochs=20, ema_start=0.999),
         },
         "default",
         "xavier init",
