@@ -63,10 +63,10 @@ def hyperparameters(method: str, **values: object) -> dict:
     return {method: {"hyperparameters": values}}
 
 
-def ijepa_schedule(epochs: int, ema_start: float) -> dict:
+def ijepa_schedule(epochs: int, ema_start: float, ema_end: float = 1.0) -> dict:
     return merge(
         training("ijepa", epochs=epochs),
-        hyperparameters("ijepa", ema_momentum=[ema_start, 1.0]),
+        hyperparameters("ijepa", ema_momentum=[ema_start, ema_end]),
     )
 
 
@@ -104,12 +104,19 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "150 epochs, EMA 0.996": ijepa_schedule(epochs=150, ema_start=0.996),
             # The default until 2026-11-24.
             "20 epochs, EMA 0.999": ijepa_schedule(epochs=20, ema_start=0.999),
+            # The 300-epoch run's EMA path over its first 150 epochs (0.996 -> 0.998),
+            # and no ramp at all: does a target encoder that keeps moving to the end
+            # learn more in 150 epochs than one frozen by momentum 1.0?
+            "150 epochs, EMA 0.996 -> 0.998": ijepa_schedule(150, 0.996, ema_end=0.998),
+            "150 epochs, EMA 0.996 constant": ijepa_schedule(150, 0.996, ema_end=0.996),
         },
         "default",
         "xavier init",
         "100 epochs, EMA 0.996",
         "300 epochs, EMA 0.996",
         "150 epochs, EMA 0.996",
+        "150 epochs, EMA 0.996 -> 0.998",
+        "150 epochs, EMA 0.996 constant",
     ),
     "mae": with_seeds(
         {
