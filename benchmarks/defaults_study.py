@@ -109,6 +109,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
             # learn more in 150 epochs than one frozen by momentum 1.0?
             "150 epochs, EMA 0.996 -> 0.998": ijepa_schedule(150, 0.996, ema_end=0.998),
             "150 epochs, EMA 0.996 constant": ijepa_schedule(150, 0.996, ema_end=0.996),
+            "180 epochs, EMA 0.996 constant": ijepa_schedule(180, 0.996, ema_end=0.996),
         },
         "default",
         "xavier init",
@@ -117,6 +118,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "150 epochs, EMA 0.996",
         "150 epochs, EMA 0.996 -> 0.998",
         "150 epochs, EMA 0.996 constant",
+        "180 epochs, EMA 0.996 constant",
     ),
     "mae": with_seeds(
         {
