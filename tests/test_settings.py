@@ -65,10 +65,12 @@ def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
     assert ingestion.source == "image_folder"
     encoder = EncoderConfig(**params["encoder"])
     assert encoder.weight_init == "trunc_normal"  # I-JEPA's; conf/base's xavier does not leak in
+    base = OmegaConfigLoader(str(conf), env="base", **CONFIG_LOADER_ARGS)["parameters"]
     for name in ("ijepa", "mae", "simclr"):
         config = PretrainingConfig(**params[name])
         assert config.training.batch_size == 2048 and config.training.epochs == 300
-        assert config.monitors.every_steps == 20  # base blocks merge in
+        # conf/base's monitors merge in (I-JEPA's every 40 steps, the others' every 20)
+        assert config.monitors.every_steps == base[name]["monitors"]["every_steps"]
         method = build_method(name, config.hyperparameters, encoder, masking, in_chans=3)
         encoder_params = sum(p.numel() for p in method.evaluation_encoder().parameters())
         assert 85e6 < encoder_params < 87e6, name

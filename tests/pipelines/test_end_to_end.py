@@ -215,15 +215,19 @@ def test_dvclive_logged_the_same_curves_as_the_history(data, method):
     curves = data / "08_reporting" / method / "dvclive" / "plots" / "metrics" / "train"
     logged = {path.stem for path in curves.glob("*.tsv")}
     ijepa_only = {"momentum", "prediction_cosine"} if method == "ijepa" else set()
-    # Monitors (every 20 steps; the 1-epoch tiny run reaches no kNN epoch) log at their
-    # steps only.
+    # Monitors (every conf/base every_steps; the 1-epoch tiny run reaches no kNN epoch)
+    # log at their steps only.
+    pretraining = yaml.safe_load(
+        (ROOT / "conf" / "base" / "parameters_pretraining.yml").read_text()
+    )
+    every = pretraining[method]["monitors"]["every_steps"]
     assert logged == {"loss", "lr", "weight_decay", "rankme", "feature_std"} | ijepa_only
     for name in logged:
         curve = pd.read_csv(curves / f"{name}.tsv", sep="\t")
         measured = history[["step", name]].dropna()
         assert curve["step"].tolist() == measured["step"].tolist()
         np.testing.assert_allclose(curve[name], measured[name], rtol=1e-6)
-    assert history["rankme"].notna().tolist() == [step % 20 == 0 for step in history["step"]]
+    assert history["rankme"].notna().tolist() == [step % every == 0 for step in history["step"]]
 
 
 def test_ijepa_momentum_follows_the_configured_schedule(data):
