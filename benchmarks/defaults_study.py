@@ -135,12 +135,15 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "xavier init": XAVIER,
             "100 epochs": training("mae", epochs=100),
             "300 epochs": training("mae", epochs=300),
+            # I-JEPA's default length: the methods compared at equal training.
+            "180 epochs": training("mae", epochs=180),
         },
         "default",
         "lr 1e-3",
         "xavier init",
         "100 epochs",
         "300 epochs",
+        "180 epochs",
     ),
     "simclr": with_seeds(
         {
@@ -162,12 +165,15 @@ VARIANTS: dict[str, dict[str, dict]] = {
             "xavier init": XAVIER,
             "100 epochs": training("simclr", epochs=100),
             "300 epochs": training("simclr", epochs=300),
+            # I-JEPA's default length: the methods compared at equal training.
+            "180 epochs": training("simclr", epochs=180),
         },
         "default",
         "lr 1e-3",
         "xavier init",
         "100 epochs",
         "300 epochs",
+        "180 epochs",
     ),
 }
 
