@@ -25,8 +25,11 @@ def make_ijepa(seed: int = 0, **hyperparameters):
 
 
 def tiny_training(**overrides) -> TrainingConfig:
+    """Tests compare runs (resumed, accumulated, distributed) to float32 tolerance, on
+    any CPU: `precision: auto` would pick bf16 on some and change that tolerance."""
     values = {
         "device": "cpu",
+        "precision": "fp32",
         "epochs": 2,
         "batch_size": 16,
         "warmup_epochs": 1,
@@ -66,7 +69,8 @@ def block_dim_bounds(
 
 # Parameter overrides (nested, on top of conf/base) that make a whole `kedro run` or
 # `dvc repro` take seconds: one epoch, a 32-wide 1-block encoder, small heads.
-_TINY_TRAINING = {"epochs": 1, "warmup_epochs": 0, "batch_size": 32}
+# float32 on every CPU, so runs compare to one tolerance wherever the tests run.
+_TINY_TRAINING = {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "precision": "fp32"}
 TINY_RUN = {
     "ijepa": {
         "training": _TINY_TRAINING,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from selfsup import precision
 from selfsup.batches import random_horizontal_flips, random_resized_crops
 from selfsup.checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from selfsup.data.preprocessing import NormalizedImages, to_model_input
@@ -443,22 +444,38 @@ def test_a_fresh_run_replaces_old_checkpoints(tmp_path, module_images):
     assert [p.name for p in folder.iterdir()] == ["step-00000003.pt"]
 
 
-def test_bf16_autocast_on_cpu_is_opt_in(module_images):
-    """auto = fp32 on CPU (identical to fp32); bf16 trains on CPU with finite, close but
-    not identical losses."""
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_precision_on_cpu_follows_native_bf16(module_images, monkeypatch, native_bf16):
+    """auto = bf16 on CPUs with native bf16 matrix instructions, fp32 elsewhere (each
+    identical to asking for it); bf16 trains with finite losses close to fp32's."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
     _, _, fp32 = run(module_images, precision="fp32")
     _, _, auto = run(module_images, precision="auto")
     _, _, bf16 = run(module_images, precision="bf16")
-    assert auto["loss"].tolist() == fp32["loss"].tolist()
+    assert auto["loss"].tolist() == (bf16 if native_bf16 else fp32)["loss"].tolist()
     assert np.isfinite(bf16["loss"]).all()
     assert bf16["loss"].tolist() != fp32["loss"].tolist()
     np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=0.05)
 
 
-def test_attention_uses_scaled_dot_product_attention():
+@pytest.mark.parametrize(("dtype", "fused"), [(torch.float32, True), (torch.bfloat16, False)])
+def test_attention_kernel_follows_the_precision(monkeypatch, dtype, fused):
+    """torch's fused attention in float32; two batched products in bf16 on the CPU,
+    where the fused kernel is slow (selfsup.models.tokens.attention)."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
     method = make_ijepa()
-    blocks = [*method.context_encoder.blocks, *method.predictor.blocks]
-    assert blocks and all(block.attn.fused_attn for block in blocks)
+    images = torch.randn(4, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = method.loss_on(images, SampleDraws.first_batch(4))
+    assert torch.isfinite(loss)
+    assert bool(calls) == fused
 
 
 def test_dataloader_workers_give_the_same_training(tmp_path):

@@ -98,15 +98,26 @@ class BatchPlan:
         """Every micro-batch of `epoch` from global step `first_step` (resuming mid-
         epoch) to the epoch's end, in order; micro-batch m of a step is item m."""
         rows = self.epoch_rows(num_images, seed, epoch).numpy()
+        split = self.world_size * self.accumulation_steps > 1
+        # The sampler deals the epoch's permutation round-robin, so global batch k is
+        # positions [k * batch_size, (k + 1) * batch_size) of the undealt permutation.
+        everyone = (
+            BatchPlan(self.batch_size).epoch_rows(num_images, seed, epoch).numpy()
+            if split
+            else None
+        )
         steps = self.steps_per_epoch(num_images)
         plan = []
         for step in range(max(first_step, epoch * steps), (epoch + 1) * steps):
-            start = (step - epoch * steps) * self.per_process
+            in_epoch = step - epoch * steps
+            start = in_epoch * self.per_process
+            whole = None
+            if everyone is not None:
+                whole = everyone[in_epoch * self.batch_size : (in_epoch + 1) * self.batch_size]
             for m in range(self.accumulation_steps):
                 begin = start + m * self.micro_batch_size
-                plan.append(
-                    SampleDraws(seed, epoch, step, rows[begin : begin + self.micro_batch_size])
-                )
+                micro = rows[begin : begin + self.micro_batch_size]
+                plan.append(SampleDraws(seed, epoch, step, micro, whole))
         return plan
 
 

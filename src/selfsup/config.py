@@ -123,6 +123,9 @@ class MultiBlockConfig(StrictModel):
     context_aspect_ratio: FloatRange = (1.0, 1.0)
     min_keep: int = Field(4, ge=1)
     max_tries: int = Field(100, ge=1)
+    # per_image: every context keeps its own patches; batch_min: each context is
+    # subsampled at random to the shortest of its batch (selfsup.masks).
+    context_length: Literal["per_image", "batch_min"] = "per_image"
 
     @field_validator("target_scale", "context_scale")
     @classmethod
@@ -239,6 +242,10 @@ class PredictorConfig(StrictModel):
     depth: int = Field(3, ge=1)
     num_heads: int = Field(3, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    # per_block (the paper): the context repeated once per target block; shared: the
+    # context once, each block's queries attending to it and their own block
+    # (selfsup.models.predictor).
+    context: Literal["per_block", "shared"] = "per_block"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PredictorConfig:
@@ -250,8 +257,8 @@ class TrainingConfig(StrictModel):
     """Optimizer and schedules, identical in form for every method."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU is opt-in (BENCHMARKS.md
-    # measures its speed and accuracy on the development CPU).
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix instructions
+    # (AMX, AVX512-BF16), fp32 elsewhere (selfsup.precision).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=2)

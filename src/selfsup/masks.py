@@ -110,9 +110,11 @@ class MultiBlockMaskSampler:
       random number for both, which couples large blocks with tall ones).
     - fixed: the top-left corner ranges over every valid position, the last row and
       column included (the official upper bound excludes them).
-    - fixed: contexts of different lengths are padded and masked in attention instead of
-      being truncated to the shortest in the batch, which biased kept patches toward
-      the top-left of the image.
+    - fixed: contexts of different lengths are kept whole (`context_length: per_image`)
+      instead of being truncated to the shortest in the batch, which biased kept patches
+      toward the top-left of the image. `context_length: batch_min` gives the official
+      code's compute without that bias: each context is subsampled at random to the
+      shortest of the global batch (`sample_masks`).
     """
 
     strategy = "multiblock"
@@ -363,8 +365,38 @@ class MaskSampler(Protocol):
 
 def sample_masks(sampler: MaskSampler, draws: SampleDraws) -> MaskBatch:
     """The masks of one (micro-)batch: each row's a function of (seed, epoch, row),
-    the shared block shape a function of (seed, step)."""
-    return sampler.sample_rows(draws.for_batch("masks"), draws.per_sample("masks"))
+    the shared block shape a function of (seed, step).
+
+    With multi-block `context_length: batch_min`, every context is then subsampled to
+    the shortest context of the step's global batch, keeping a uniformly random subset
+    of its patches (drawn per row from their own stream, so the masks before
+    subsampling are those of `per_image`). The shortest is over the global batch, so
+    the masks do not depend on how it is split into micro-batches or processes; a part
+    of a batch draws the rest's masks to find it.
+    """
+    masks = sampler.sample_rows(draws.for_batch("masks"), draws.per_sample("masks"))
+    if not isinstance(sampler, MultiBlockMaskSampler):
+        return masks
+    if sampler.config.context_length == "per_image":
+        return masks
+    shortest = int(masks.context_valid.sum(axis=1).min())
+    rest = draws.rest_of_batch()
+    if len(rest):
+        others = sampler.sample_rows(draws.for_batch("masks"), draws.for_rows("masks", rest))
+        shortest = min(shortest, int(others.context_valid.sum(axis=1).min()))
+    return subsample_contexts(masks, shortest, draws.per_sample("context_subsample"))
+
+
+def subsample_contexts(
+    masks: MaskBatch, length: int, rngs: Sequence[np.random.Generator]
+) -> MaskBatch:
+    """Each row's context cut to `length` patches chosen uniformly at random (kept in
+    raster order), one generator per row; targets unchanged."""
+    contexts = []
+    for indices, valid, rng in zip(masks.context_indices, masks.context_valid, rngs, strict=True):
+        patches = indices[valid]
+        contexts.append(np.sort(rng.choice(patches, size=length, replace=False)))
+    return _fixed_length_batch(contexts, list(masks.target_indices))
 
 
 def build_mask_sampler(masking: MaskingConfig) -> MaskSampler:

@@ -34,13 +34,16 @@ class SampleDraws:
     """Where every random choice for one batch (or micro-batch) comes from.
 
     seed: the run's seed; epoch: the epoch; step: the global optimizer step;
-    indices: the dataset rows of the batch, in batch order.
+    indices: the dataset rows of the batch, in batch order; batch_indices: the rows of
+    the step's whole global batch (every micro-batch and process) when this is a part
+    of it, for draws that depend on the whole batch (I-JEPA's `batch_min` contexts).
     """
 
     seed: int
     epoch: int
     step: int
     indices: np.ndarray
+    batch_indices: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -55,11 +58,21 @@ class SampleDraws:
 
     def per_sample(self, stream: str) -> list[np.random.Generator]:
         """One generator per row of the batch, a function of (seed, epoch, row)."""
+        return self.for_rows(stream, self.indices)
+
+    def for_rows(self, stream: str, rows: np.ndarray) -> list[np.random.Generator]:
+        """The generators `per_sample` gives these rows (of this epoch)."""
         stream_id = _stream_id(stream)
         return [
             np.random.default_rng([self.seed, stream_id, _PER_SAMPLE, self.epoch, int(row)])
-            for row in self.indices
+            for row in rows
         ]
+
+    def rest_of_batch(self) -> np.ndarray:
+        """Rows of the global batch outside this (micro-)batch; none when it is whole."""
+        if self.batch_indices is None:
+            return np.empty(0, dtype=np.int64)
+        return np.setdiff1d(self.batch_indices, self.indices)
 
     def torch_seeds(self, stream: str) -> list[int]:
         """One torch seed per row, for torchvision transforms, which draw from torch's

@@ -23,6 +23,7 @@ from selfsup.config import TrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.methods.base import PretrainingMethod
 from selfsup.monitors import TrainingMonitor
+from selfsup.precision import trains_in_bf16
 from selfsup.schedules import cosine_schedule, warmup_cosine_schedule
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def train(
     method.to(device)
     if isinstance(images, torch.Tensor):
         images = images.to(device)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    use_bf16 = trains_in_bf16(config.precision, device)
 
     groups = parameter_groups(method)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)

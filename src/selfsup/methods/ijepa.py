@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +13,7 @@ from selfsup.config import IJEPAConfig
 from selfsup.masks import MaskBatch, MaskSampler, build_mask_sampler, sample_masks
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import Predictor, VisionTransformerEncoder
-from selfsup.models.vit import gather_tokens
+from selfsup.models.tokens import GatheredQueries, TokenLayout
 from selfsup.randomness import SampleDraws
 from selfsup.schedules import linear_schedule
 
@@ -37,11 +38,23 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float
 
 
 def masks_as_tensors(masks: MaskBatch) -> dict[str, torch.Tensor]:
+    """The masks as the step's tensors. `context_slots` packs the contexts (the
+    flat positions of real patches in the padded (B, Lc) grid): made here, where the
+    batch is made, so the step never waits for the host to count tokens."""
     return {
         "context_indices": torch.from_numpy(masks.context_indices),
         "context_valid": torch.from_numpy(masks.context_valid),
+        "context_slots": torch.from_numpy(np.flatnonzero(masks.context_valid)),
         "target_indices": torch.from_numpy(masks.target_indices),
     }
+
+
+def context_layout(context_indices: torch.Tensor, context_slots: torch.Tensor) -> TokenLayout:
+    """Packed when the contexts differ in length, dense when every row is full."""
+    batch, length = context_indices.shape
+    if context_slots.shape[0] == batch * length:
+        return TokenLayout.dense(batch, length)
+    return TokenLayout(batch, length, context_slots)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class IJEPA(PretrainingMethod):
             num_heads=config.predictor.num_heads,
             mlp_ratio=config.predictor.mlp_ratio,
             weight_init=encoder.weight_init,
+            context=config.predictor.context,
         )
         # masking.strategy picks multi-block (the method) or one of the paper's ablations.
         self.sampler = build_mask_sampler(data.masking)
@@ -99,12 +113,12 @@ class IJEPA(PretrainingMethod):
 
     def predict(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = inputs["images"]
-        context_idx, context_valid = inputs["context_indices"], inputs["context_valid"]
-        target_idx = inputs["target_indices"]
+        context_idx, target_idx = inputs["context_indices"], inputs["target_indices"]
+        layout = context_layout(context_idx, inputs["context_slots"])
         with torch.no_grad():
-            targets = gather_tokens(self.target_features(images), target_idx)
-        context = self.context_encoder(images, context_idx, context_valid)
-        predictions = self.predictor(context, context_idx, context_valid, target_idx)
+            targets = self.targets_at(images, target_idx)
+        context = self.context_encoder.forward_tokens(images, context_idx, layout)
+        predictions = self.predictor.forward_tokens(context, context_idx, layout, target_idx)
         return predictions, targets
 
     @torch.no_grad()
@@ -113,6 +127,18 @@ class IJEPA(PretrainingMethod):
         dimension as in the paper. (B, L, D)"""
         full = self.target_encoder(images)
         return F.layer_norm(full, full.shape[-1:])
+
+    @torch.no_grad()
+    def targets_at(self, images: torch.Tensor, target_indices: torch.Tensor) -> torch.Tensor:
+        """`target_features` gathered at the target blocks (B, M, Lt) -> (B, M, Lt, D).
+        The last block computes only the target patches' outputs (the others would be
+        discarded); every patch is still a key and value there."""
+        batch, num_patches = images.shape[0], self.target_encoder.num_patches
+        queries = GatheredQueries(target_indices.flatten(1))
+        layout = TokenLayout.dense(batch, num_patches)
+        out = self.target_encoder.forward_tokens(images, None, layout, queries)
+        out = F.layer_norm(out, out.shape[-1:])
+        return out.view(*target_indices.shape, -1)
 
     def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         predictions, targets = self.predict(inputs)

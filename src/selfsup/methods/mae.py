@@ -8,12 +8,12 @@ from functools import partial
 
 import numpy as np
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from selfsup.config import MAEConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
+from selfsup.models.tokens import TokenBlock, TokenLayout
 from selfsup.models.vit import LayerNorm, gather_tokens, init_weights, sincos_positions
 from selfsup.randomness import SampleDraws
 
@@ -82,7 +82,7 @@ class MAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer("pos_embed", sincos_positions(grid, embed_dim)[None], persistent=False)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, 4.0, qkv_bias=True, norm_layer=LayerNorm)
+            TokenBlock(embed_dim, num_heads, 4.0, qkv_bias=True, norm_layer=LayerNorm)
             for _ in range(depth)
         )
         self.norm = LayerNorm(embed_dim)
@@ -100,8 +100,9 @@ class MAEDecoder(nn.Module):
 
     def forward(self, visible: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
         x = self.unshuffle(self.embed(visible), restore) + self.pos_embed
+        layout = TokenLayout.dense(*x.shape[:2])
         for block in self.blocks:
-            x = block(x)
+            x = block(x, layout)
         return self.predict(self.norm(x))
 
 

@@ -11,10 +11,10 @@ from functools import partial
 
 import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed, trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from selfsup.config import EncoderConfig
+from selfsup.models.tokens import Queries, TokenBlock, TokenLayout
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -22,11 +22,6 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
     """(grid*grid, dim) fixed 2-D sin-cos embedding, row-major like `PatchEmbed`."""
     return build_sincos2d_pos_embed([grid, grid], dim)
-
-
-def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, L) validity -> boolean attention mask (B, 1, 1, L) that hides padded keys."""
-    return None if valid is None else valid[:, None, None, :]
 
 
 def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -66,7 +61,8 @@ class VisionTransformerEncoder(nn.Module):
     """ViT without cls token, with fixed 2-D sin-cos positions.
 
     `forward(images, patch_indices, valid)` encodes only the patches listed per image;
-    padded entries (valid False) are hidden from attention.
+    padded entries (valid False) are hidden from attention. `forward_tokens` does the
+    same on packed tokens (`selfsup.models.tokens`), so padding costs nothing.
     """
 
     def __init__(
@@ -91,7 +87,7 @@ class VisionTransformerEncoder(nn.Module):
         )
         drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(
+            TokenBlock(
                 embed_dim,
                 num_heads,
                 mlp_ratio,
@@ -114,14 +110,58 @@ class VisionTransformerEncoder(nn.Module):
         tokens = self.patch_embed(images) + self.pos_embed
         return tokens if patch_indices is None else gather_tokens(tokens, patch_indices)
 
+    def embed_tokens(
+        self, images: torch.Tensor, patch_indices: torch.Tensor | None, layout: TokenLayout
+    ) -> torch.Tensor:
+        """The layout's tokens of the listed patches (all patches when None), with
+        their positions: (T, D) packed or (B, L, D) dense."""
+        tokens = self.patch_embed(images) + self.pos_embed
+        if patch_indices is None:
+            return tokens
+        if not layout.packed:
+            return gather_tokens(tokens, patch_indices)
+        batch, num_patches = tokens.shape[:2]
+        rows = patch_indices + torch.arange(batch, device=tokens.device)[:, None] * num_patches
+        rows = rows.flatten().index_select(0, layout.slots)
+        return tokens.reshape(batch * num_patches, -1).index_select(0, rows)
+
     def forward(
         self,
         images: torch.Tensor,
         patch_indices: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, C, H, W) -> (B, L, D) normed tokens of the selected patches."""
-        return self.forward_layers(images, patch_indices, valid, last=1)[-1]
+        """(B, C, H, W) -> (B, L, D) normed tokens of the selected patches (zeros where
+        `valid` is False)."""
+        layout = self.layout(images, patch_indices, valid)
+        return layout.to_padded(self.forward_tokens(images, patch_indices, layout))
+
+    def layout(
+        self,
+        images: torch.Tensor,
+        patch_indices: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> TokenLayout:
+        """The layout of the selected patches: packed when `valid` has gaps."""
+        if valid is not None:
+            return TokenLayout.from_valid(valid)
+        length = self.num_patches if patch_indices is None else patch_indices.shape[1]
+        return TokenLayout.dense(images.shape[0], length)
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        patch_indices: torch.Tensor | None,
+        layout: TokenLayout,
+        queries: Queries | None = None,
+    ) -> torch.Tensor:
+        """Normed outputs of the last block in `layout`'s shape; with `queries`, only
+        theirs, (B, Q, D)."""
+        x = self.embed_tokens(images, patch_indices, layout)
+        last = len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
+            x = block(x, layout, queries if depth == last else None)
+        return self.norm(x)
 
     def forward_layers(
         self,
@@ -130,14 +170,14 @@ class VisionTransformerEncoder(nn.Module):
         valid: torch.Tensor | None = None,
         last: int = 1,
     ) -> list[torch.Tensor]:
-        """Normed token outputs of the last `last` blocks, oldest first."""
-        x = self.embed(images, patch_indices)
-        mask = key_padding_mask(valid)
+        """Normed token outputs (B, L, D) of the last `last` blocks, oldest first."""
+        layout = self.layout(images, patch_indices, valid)
+        x = self.embed_tokens(images, patch_indices, layout)
         outputs = []
         for depth, block in enumerate(self.blocks):
-            x = block(x, attn_mask=mask)
+            x = block(x, layout)
             if depth >= len(self.blocks) - last:
-                outputs.append(self.norm(x))
+                outputs.append(layout.to_padded(self.norm(x)))
         return outputs
 
 
