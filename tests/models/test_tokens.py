@@ -13,6 +13,7 @@ from selfsup.models.tokens import (
     TokenBlock,
     TokenLayout,
     attention,
+    packed_rows,
 )
 from selfsup.models.vit import LayerNorm
 
@@ -45,15 +46,31 @@ def test_layout_from_valid_packs_and_unpacks():
     assert layout.packed and (layout.num_sequences, layout.length) == (3, 5)
     padded = torch.randn(3, 5, 4)
     packed = layout.to_packed(padded)
-    assert packed.shape == (sum(LENGTHS), 4)
-    torch.testing.assert_close(packed, padded[valid])
+    assert packed.shape == (packed_rows(sum(LENGTHS)), 4)
+    assert layout.spare == packed.shape[0] - sum(LENGTHS) > 0
+    assert torch.count_nonzero(packed[: layout.spare]) == 0
+    torch.testing.assert_close(layout.real_tokens(packed), padded[valid])
     back = layout.to_padded(packed)
     torch.testing.assert_close(back[valid], padded[valid])
     assert torch.count_nonzero(back[~valid]) == 0
-    assert layout.sequence_of_tokens().tolist() == [0] * 5 + [1] * 2 + [2] * 4
-    mask = layout.attention_mask()
+    sequences = layout.sequence_of_tokens()
+    assert sequences[layout.spare :].tolist() == [0] * 5 + [1] * 2 + [2] * 4
+    assert len(sequences) == packed.shape[0]
+    mask = layout.attention_mask
     assert mask.shape == (3, 1, 1, 5)
     assert torch.equal(mask[:, 0, 0], valid)
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 11, 100, 2670, 6801, 10000])
+def test_packed_rows_round_up_a_little_to_few_sizes(count):
+    rows = packed_rows(count)
+    assert rows >= count and rows % 8 == 0
+    assert rows - count < max(8, count / 16)
+
+
+def test_packed_rows_give_few_shapes_for_nearby_counts():
+    """Token counts of one configuration spread over a few hundred: a handful of shapes."""
+    assert len({packed_rows(count) for count in range(2400, 2900)}) <= 5
 
 
 def test_full_rows_give_a_dense_layout():
@@ -61,7 +78,7 @@ def test_full_rows_give_a_dense_layout():
     assert not layout.packed
     x = torch.randn(2, 3, 4)
     assert layout.to_packed(x) is x and layout.to_padded(x) is x
-    assert layout.attention_mask() is None
+    assert layout.attention_mask is None
     with pytest.raises(ValueError, match="dense layout"):
         layout.sequence_of_tokens()
 
@@ -88,12 +105,16 @@ def test_packed_block_gives_the_padded_outputs_and_gradients():
     grads_ref = {name: p.grad.clone() for name, p in block.named_parameters()}
     block.zero_grad()
 
-    x_packed = layout.to_packed(x).clone().requires_grad_(True)
+    x_packed = layout.to_packed(x)
+    x_packed[: layout.spare] = 1e3  # spare rows: whatever they hold, nothing reads it
+    x_packed.requires_grad_(True)
     packed = block(x_packed, layout)
     (packed * layout.to_packed(weights)).sum().backward()
 
-    torch.testing.assert_close(packed, reference[valid], atol=1e-12, rtol=0)
-    torch.testing.assert_close(x_packed.grad, x_ref.grad[valid], atol=1e-12, rtol=0)
+    assert layout.spare > 0
+    torch.testing.assert_close(layout.real_tokens(packed), reference[valid], atol=1e-12, rtol=0)
+    real_grad = layout.real_tokens(x_packed.grad)
+    torch.testing.assert_close(real_grad, x_ref.grad[valid], atol=1e-12, rtol=0)
     for name, param in block.named_parameters():
         torch.testing.assert_close(param.grad, grads_ref[name], atol=1e-12, rtol=0, msg=name)
 
@@ -168,7 +189,7 @@ def test_bf16_attention_on_cpu_matches_float64(with_mask):
 def test_packed_stochastic_depth_drops_whole_sequences():
     block = make_block(drop_path=0.5).train()
     layout = TokenLayout.from_valid(valid_mask([6, 1, 3, 6, 2, 6, 4, 5]))
-    branch = torch.ones(layout.slots.shape[0], DIM, dtype=torch.float64)
+    branch = torch.ones(layout.spare + layout.slots.shape[0], DIM, dtype=torch.float64)
     torch.manual_seed(3)
     out = block._drop_path(block.drop_path1, branch, layout, packed=True)
     per_sequence = layout.to_padded(out)[..., 0]

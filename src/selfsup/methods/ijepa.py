@@ -41,10 +41,16 @@ def masks_as_tensors(masks: MaskBatch) -> dict[str, torch.Tensor]:
     """The masks as the step's tensors. `context_slots` packs the contexts (the
     flat positions of real patches in the padded (B, Lc) grid): made here, where the
     batch is made, so the step never waits for the host to count tokens."""
+    indices, valid = masks.context_indices, masks.context_valid
+    if not valid.all():
+        # Padded contexts get a multiple of 8 slots: fewer distinct attention shapes.
+        extra = -indices.shape[1] % 8
+        indices = np.pad(indices, ((0, 0), (0, extra)))
+        valid = np.pad(valid, ((0, 0), (0, extra)))
     return {
-        "context_indices": torch.from_numpy(masks.context_indices),
-        "context_valid": torch.from_numpy(masks.context_valid),
-        "context_slots": torch.from_numpy(np.flatnonzero(masks.context_valid)),
+        "context_indices": torch.from_numpy(indices),
+        "context_valid": torch.from_numpy(valid),
+        "context_slots": torch.from_numpy(np.flatnonzero(valid)),
         "target_indices": torch.from_numpy(masks.target_indices),
     }
 
@@ -54,7 +60,7 @@ def context_layout(context_indices: torch.Tensor, context_slots: torch.Tensor) -
     batch, length = context_indices.shape
     if context_slots.shape[0] == batch * length:
         return TokenLayout.dense(batch, length)
-    return TokenLayout(batch, length, context_slots)
+    return TokenLayout.packing(batch, length, context_slots)
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,9 @@ def per_block_sequences(
     blocks = torch.arange(num_blocks, device=slots.device)
     context_slots = ((image[:, None] * num_blocks + blocks) * length + position[:, None]).flatten()
     query_slots = _tail_slots(sequences, length, block_len, slots.device)
-    tokens = torch.cat([context.repeat_interleave(num_blocks, dim=0), queries.flatten(0, 1)])
-    return tokens, TokenLayout(sequences, length, torch.cat([context_slots, query_slots]))
+    layout = TokenLayout.packing(sequences, length, torch.cat([context_slots, query_slots]))
+    repeated = context_layout.real_tokens(context).repeat_interleave(num_blocks, dim=0)
+    return layout.with_spare_rows(torch.cat([repeated, queries.flatten(0, 1)])), layout
 
 
 def shared_sequences(
@@ -150,8 +151,10 @@ def shared_sequences(
     image, position = torch.div(slots, context_len, rounding_mode="floor"), slots % context_len
     context_slots = image * length + position
     query_slots = _tail_slots(batch, length, query_len, device)
-    tokens = torch.cat([context, queries.flatten(0, 1)])
-    return tokens, TokenLayout(batch, length, torch.cat([context_slots, query_slots]), structure)
+    all_slots = torch.cat([context_slots, query_slots])
+    layout = TokenLayout.packing(batch, length, all_slots, structure)
+    tokens = torch.cat([context_layout.real_tokens(context), queries.flatten(0, 1)])
+    return layout.with_spare_rows(tokens), layout
 
 
 def _tail_slots(sequences: int, length: int, count: int, device: torch.device) -> torch.Tensor:

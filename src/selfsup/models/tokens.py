@@ -11,6 +11,7 @@ load either way) with this forward; no library offers varlen attention on the CP
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -20,62 +21,101 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
+def packed_rows(count: int) -> int:
+    """Rows of a packed tensor holding `count` tokens: rounded up to a sixteenth of the
+    largest power of two below it (at most 1/16 more), so that batches whose token counts
+    differ a little share one shape. Each new shape costs: oneDNN compiles bf16 matrix
+    kernels per shape on the CPU, and a step whose shapes changed every time ran at two
+    thirds of the speed of one whose shapes repeated (BENCHMARKS.md, "Step throughput")."""
+    step = max(8, 1 << max(count.bit_length() - 5, 0))
+    return -(-count // step) * step
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Where the tokens of `num_sequences` sequences of at most `length` tokens sit.
 
     Dense (`slots` None): tokens are a (S, L, D) tensor, every sequence full.
-    Packed: tokens are a (T, D) tensor, token t at slot `slots[t]` of the (S, L) grid
-    (slot s * L + j is position j of sequence s); empty slots are hidden from attention.
-    `structure` (L, L), optional: which slot may attend to which, on top of that.
+    Packed: tokens are a (spare + T, D) tensor: `spare` rows that belong to no sequence
+    (they round the row count up, `packed_rows`; attention never sees them and their
+    outputs are never read), then the T real tokens, token t at slot `slots[t]` of the
+    (S, L) grid (slot s * L + j is position j of sequence s). Empty slots are hidden
+    from attention. `structure` (L, L), optional: which slot may attend to which, on top
+    of that.
     """
 
     num_sequences: int
     length: int
     slots: torch.Tensor | None = None
     structure: torch.Tensor | None = None
+    spare: int = 0
 
     @classmethod
     def dense(cls, num_sequences: int, length: int) -> TokenLayout:
         return cls(num_sequences, length)
 
     @classmethod
-    def from_valid(cls, valid: torch.Tensor | None, length: int | None = None) -> TokenLayout:
-        """From a (S, L) validity mask; dense when it is None or all True. Reads the
-        mask on the host: training builds its layouts ahead of the step instead."""
+    def packing(
+        cls,
+        num_sequences: int,
+        length: int,
+        slots: torch.Tensor,
+        structure: torch.Tensor | None = None,
+    ) -> TokenLayout:
+        """Packed tokens at `slots`, with spare rows up to `packed_rows`."""
+        spare = packed_rows(slots.shape[0]) - slots.shape[0]
+        return cls(num_sequences, length, slots, structure, spare)
+
+    @classmethod
+    def from_valid(cls, valid: torch.Tensor | None) -> TokenLayout:
+        """From a (S, L) validity mask; dense when it is all True. Reads the mask on the
+        host: training builds its layouts ahead of the step instead."""
         if valid is None:
             raise ValueError("from_valid needs a mask; use TokenLayout.dense for full sequences")
         num_sequences, length = valid.shape
         if bool(valid.all()):
             return cls.dense(num_sequences, length)
-        return cls(num_sequences, length, valid.flatten().nonzero().squeeze(1))
+        return cls.packing(num_sequences, length, valid.flatten().nonzero().squeeze(1))
 
     @property
     def packed(self) -> bool:
         return self.slots is not None
 
+    def with_spare_rows(self, real: torch.Tensor) -> torch.Tensor:
+        """The real tokens (T, C) -> the layout's (spare + T, C), spare rows zero."""
+        return F.pad(real, (0, 0, self.spare, 0)) if self.spare else real
+
+    def real_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The layout's tokens without the spare rows (unchanged when dense)."""
+        return tokens[self.spare :] if self.spare else tokens
+
     def to_packed(self, padded: torch.Tensor) -> torch.Tensor:
-        """(S, L, C) -> the layout's tokens: (T, C) packed, or unchanged when dense."""
+        """(S, L, C) -> the layout's tokens: packed, or unchanged when dense."""
         if self.slots is None:
             return padded
-        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.slots)
+        real = padded.reshape(-1, padded.shape[-1]).index_select(0, self.slots)
+        return self.with_spare_rows(real)
 
     def to_padded(self, tokens: torch.Tensor) -> torch.Tensor:
         """The layout's tokens -> (S, L, C), zeros in empty slots."""
         if self.slots is None:
             return tokens
         grid = tokens.new_zeros(self.num_sequences * self.length, tokens.shape[-1])
-        return grid.index_copy(0, self.slots, tokens).view(self.num_sequences, self.length, -1)
+        grid = grid.index_copy(0, self.slots, self.real_tokens(tokens))
+        return grid.view(self.num_sequences, self.length, -1)
 
     def sequence_of_tokens(self) -> torch.Tensor:
-        """(T,) the sequence each packed token belongs to."""
+        """The sequence each packed row belongs to (spare rows: 0, never read)."""
         if self.slots is None:
             raise ValueError("a dense layout has no packed tokens")
-        return torch.div(self.slots, self.length, rounding_mode="floor")
+        sequences = torch.div(self.slots, self.length, rounding_mode="floor")
+        return F.pad(sequences, (self.spare, 0))
 
+    @cached_property
     def attention_mask(self) -> torch.Tensor | None:
         """Boolean (S or 1, 1, L, L) or (S, 1, 1, L), True where a slot may attend to
-        another; None when every slot may attend to every slot."""
+        another; None when every slot may attend to every slot. Made once per layout,
+        for all the blocks that use it."""
         mask = None
         if self.slots is not None:
             filled = torch.zeros(
@@ -173,17 +213,18 @@ class TokenBlock(Block):
         heads, head_dim = attn.num_heads, attn.head_dim
         width = heads * head_dim
         qkv = attn.qkv(self.norm1(x))
-        mask = layout.attention_mask()
-        keys_values = layout.to_padded(qkv[..., width:])
-        keys_values = keys_values.view(layout.num_sequences, layout.length, 2, heads, head_dim)
-        k, v = keys_values.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = layout.attention_mask
         if queries is None:
-            q = layout.to_padded(qkv[..., :width])
+            padded = layout.to_padded(qkv)
+            q, keys_values = padded[..., :width], padded[..., width:]
             residual = x
         else:
             q = queries.select(qkv[..., :width], layout)
+            keys_values = layout.to_padded(qkv[..., width:])
             residual = queries.select(x, layout)
             mask = queries.mask_rows(mask)
+        keys_values = keys_values.reshape(layout.num_sequences, layout.length, 2, heads, head_dim)
+        k, v = keys_values.permute(2, 0, 3, 1, 4).unbind(0)
         q = q.reshape(q.shape[0], q.shape[1], heads, head_dim).transpose(1, 2)
         out = attention(attn.q_norm(q), attn.k_norm(k), v, mask)
         out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], width)

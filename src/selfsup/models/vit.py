@@ -123,7 +123,7 @@ class VisionTransformerEncoder(nn.Module):
         batch, num_patches = tokens.shape[:2]
         rows = patch_indices + torch.arange(batch, device=tokens.device)[:, None] * num_patches
         rows = rows.flatten().index_select(0, layout.slots)
-        return tokens.reshape(batch * num_patches, -1).index_select(0, rows)
+        return layout.with_spare_rows(tokens.reshape(batch * num_patches, -1).index_select(0, rows))
 
     def forward(
         self,
