@@ -206,6 +206,30 @@ def test_history_records_monitors_at_their_steps_and_epochs(images):
     assert list(knn_ax.lines[0].get_xdata()) == [2, 5]
 
 
+def test_monitors_compute_in_the_training_precision(images, monkeypatch):
+    """A bf16 run's monitors see bf16 autocast (they cost a third there); an fp32 run's
+    do not."""
+    seen = []
+    representation = TrainingMonitor.representation
+
+    def recording(self, method, step):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return representation(self, method, step)
+
+    monkeypatch.setattr(TrainingMonitor, "representation", recording)
+    config = MonitorConfig(every_steps=3, knn_every_epochs=None)
+    for precision in ("fp32", "bf16"):
+        history = train(
+            make_ijepa(),
+            images,
+            tiny_training(precision=precision),
+            seed=0,
+            monitor=TrainingMonitor(config, images[:16]),
+        )
+        assert np.isfinite(history["rankme"].dropna()).all()
+    assert seen == [False, False, True, True]
+
+
 def test_knn_monitor_equals_the_evaluation_pipelines_knn_on_the_same_features():
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (90, 16, 16, 1), dtype=np.uint8)
