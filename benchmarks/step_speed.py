@@ -19,7 +19,7 @@ rounds' timed steps) and the ratio current / baseline, as a Markdown table.
 Usage (repository root, the project's environment; needs git for --baseline):
     python benchmarks/step_speed.py [--baseline d0bb222] [--configs R1 default]
         [--methods ijepa mae simclr] [--rounds 3] [--warmup 3] [--steps 8]
-        [--device auto|cpu|cuda] [--compile] [--ijepa-variants batch_min shared ...]
+        [--device auto|cpu|cuda] [--compile] [--fp32] [--ijepa-variants batch_min ...]
         [--json PATH]
     python benchmarks/step_speed.py --baseline-tree DIR ...   # a tree made before
         (e.g. `git archive d0bb222 src conf | tar -x -C DIR`, where git is missing)
@@ -147,7 +147,7 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
         parameter_groups(method), lr=training["lr"], betas=tuple(training["betas"])
     )
     model = torch.compile(method) if args.compile else method
-    bf16 = autocast_bf16(device)
+    bf16 = autocast_bf16(device) and not args.fp32
     sampler = method.input_sampler()
     total = args.warmup + args.steps
     if device.type == "cuda":
@@ -233,6 +233,8 @@ def time_side(tree: Path, config: str, method: str, variants: list[str], args) -
         command += ["--batch-size", str(args.batch_size)]
     if args.compile:
         command.append("--compile")
+    if args.fp32:
+        command.append("--fp32")
     paths = [str(tree / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -279,6 +281,9 @@ def main() -> int:
     parser.add_argument("--vit-batch", type=int, default=128, help="batch of vit_b16")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    parser.add_argument(
+        "--fp32", action="store_true", help="both sides in float32 (a CPU without native bf16)"
+    )
     parser.add_argument(
         "--ijepa-variants",
         nargs="*",
@@ -342,7 +347,9 @@ def main() -> int:
     print(
         f"- {args.rounds} rounds, baseline and current alternating, each a fresh process: "
         f"{args.warmup} warm-up + {args.steps} timed steps; images/s = batch / median "
-        "step time over all rounds" + ("; torch.compile" if args.compile else "")
+        "step time over all rounds"
+        + ("; torch.compile" if args.compile else "")
+        + ("; float32 forced" if args.fp32 else "")
     )
     print()
     print(
