@@ -10,43 +10,19 @@ import pandas as pd
 from selfsup.config import IngestionConfig, MaskingConfig
 from selfsup.data.chunked import ChunkedImages, ConcatenatedImages
 from selfsup.data.image_folder import summarize_rejections
-from selfsup.data.image_set import UNLABELLED, ImageSet
+from selfsup.data.image_set import ImageSet
+from selfsup.data.samples import (
+    labelled_rows,
+    labelled_samples,
+    pretraining_only_rows,
+    samples_table,
+)
 from selfsup.data.sources import load_source
-from selfsup.data.splits import PRETRAIN, SPLITS, stratified_split
+from selfsup.data.splits import PRETRAIN, SPLITS
 
 logger = logging.getLogger(__name__)
 
 REJECTED_FILES = "data/08_reporting/rejected_files.json"
-
-
-def _labelled_rows(image_set: ImageSet, ingestion: IngestionConfig, seed: int) -> dict:
-    split = stratified_split(
-        image_set.labels, ingestion.split.val, ingestion.split.test, seed, image_set.class_names
-    )
-    return {
-        "label": image_set.labels,
-        "class_name": [image_set.class_names[label] for label in image_set.labels],
-        "split": split,
-    }
-
-
-def _pretraining_rows(count: int) -> dict:
-    return {
-        "label": np.full(count, UNLABELLED, dtype=np.int64),
-        "class_name": [""] * count,
-        "split": np.full(count, PRETRAIN, dtype=object),
-    }
-
-
-def _table(rows: dict, image_set: ImageSet, pretrain: np.ndarray) -> pd.DataFrame:
-    count = image_set.images.shape[0]
-    return pd.DataFrame(
-        {
-            **rows,
-            "pretrain": pretrain,
-            "path": image_set.paths or [f"image[{i}]" for i in range(count)],
-        }
-    )
 
 
 def _accounting(key: str, name: str, image_set: ImageSet) -> dict:
@@ -71,10 +47,9 @@ def ingest_images(
     eval_config = ingestion.eval_source
     if eval_config is None:
         if source.labelled:
-            rows = _labelled_rows(source, ingestion, seed)
-            samples = _table(rows, source, rows["split"] == "train")
+            samples = labelled_samples(source, ingestion, seed)
         else:
-            samples = _table(_pretraining_rows(len(source.labels)), source, True)
+            samples = samples_table(pretraining_only_rows(len(source.labels)), source, True)
         images, class_names = source.images, source.class_names
         sources = [("source", ingestion.source, source)]
     else:
@@ -95,8 +70,8 @@ def ingest_images(
             )
         samples = pd.concat(
             [
-                _table(_pretraining_rows(len(source.labels)), source, True),
-                _table(_labelled_rows(evaluated, ingestion, seed), evaluated, False),
+                samples_table(pretraining_only_rows(len(source.labels)), source, True),
+                samples_table(labelled_rows(evaluated, ingestion, seed), evaluated, False),
             ],
             ignore_index=True,
         )

@@ -8,20 +8,15 @@ from functools import wraps
 
 import numpy as np
 import pandas as pd
-import torch
 from dvclive import Live
 from matplotlib.figure import Figure
 
 from selfsup import distributed
 from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
-from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import pretraining_rows
-from selfsup.methods import build_method
-from selfsup.models.vit import encoder_checkpoint
-from selfsup.monitors import build_monitor
 from selfsup.plots import plot_training_history
-from selfsup.training import train
+from selfsup.pretraining import pretrain_encoder
 
 
 def pretrain(
@@ -42,16 +37,6 @@ def pretrain(
     as training goes (the DVC stage declares them as plots). With `checkpoint_dir`,
     training checkpoints go there (`training.checkpoint_every`) and `training.resume`
     continues from the newest one written by a run with the same settings."""
-    train_images = NormalizedImages(model_input_images, normalization, pretraining_rows(samples))
-    torch.manual_seed(seed)
-    method = build_method(
-        pretraining.method,
-        pretraining.hyperparameters,
-        encoder,
-        masking,
-        in_chans=train_images.shape[1],
-        normalization=normalization,
-    )
     # dvcyaml=False: dvc.yaml declares the plots; save_dvc_exp=False: `dvc exp run`,
     # not the logger, records experiments.
     # Under torchrun only rank 0 logs and checkpoints; the others train their share.
@@ -63,31 +48,22 @@ def pretrain(
             checkpoint_dir,
             pretraining.training.checkpoint_every,
             pretraining.training.keep_checkpoints,
-            _run_identity(pretraining, encoder, masking, seed, len(train_images)),
+            _run_identity(
+                pretraining, encoder, masking, seed, int(pretraining_rows(samples).sum())
+            ),
         )
-    monitor = build_monitor(
-        model_input_images,
-        samples,
-        normalization,
-        pretraining.monitors,
-        seed,
-        pretraining.method,
-    )
     with live:
-        history = train(
-            method,
-            train_images,
-            pretraining.training,
+        return pretrain_encoder(
+            model_input_images,
+            samples,
+            normalization,
+            encoder,
+            masking,
+            pretraining,
             seed,
-            description=pretraining.method,
             on_step=_live_logger(live) if live_dir else None,
             checkpoints=checkpoints,
-            monitor=monitor,
         )
-    checkpoint = encoder_checkpoint(
-        method.evaluation_encoder(), encoder, masking.image_size, masking.patch_size
-    )
-    return checkpoint, history
 
 
 def pretrain_writing_to(

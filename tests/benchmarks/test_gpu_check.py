@@ -1,0 +1,96 @@
+"""The GPU check's CPU dry run: every section runs and writes what the GPU run will."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ["ijepa", "mae", "simclr"]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("gpu_check")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--compile-warmup",
+            "1",
+            "--flop-steps",
+            "1",
+            "--default-batch",
+            "16",
+            "--out",
+            str(out),
+            "--reference",
+            str(out / "missing.json"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.txt").read_text()
+
+
+@pytest.mark.slow
+def test_steps_are_timed_and_counted_for_every_method_and_size(dry_run):
+    record, _ = dry_run
+    assert record["device"] == "cpu"
+    assert record["matmul"]["best"] > 0
+    eager = {(r["size"], r["method"]) for r in record["steps"] if not r["compiled"]}
+    assert eager == {(size, m) for size in ("vit_b16", "default") for m in METHODS}
+    for row in record["steps"]:
+        assert row["images_per_s"] > 0
+        assert row["flops_per_step"] > 0
+        assert len(row["step_times_s"]) == 2
+        expected_batch = 2 if row["size"] == "vit_b16" else 16
+        assert row["batch_size"] == expected_batch
+    compiled = {(r["size"], r["method"]) for r in record["steps"] if r["compiled"]}
+    assert compiled == {("default", m) for m in METHODS}
+    assert record["skipped"] == []
+
+
+@pytest.mark.slow
+def test_digits_experiment_trains_every_method_and_probes_it(dry_run):
+    record, _ = dry_run
+    assert [row["method"] for row in record["digits"]] == METHODS
+    for row in record["digits"]:
+        assert row["epochs"] == 1
+        # the train split (60 % of 1,797 digits) in full batches of conf/base's 64
+        assert 1070 <= row["train_images"] <= 1085
+        assert row["steps"] == row["train_images"] // 64
+        assert row["pretrain_s"] > 0
+        scores = [
+            row["metrics"]["linear_probe"]["test_accuracy"],
+            row["metrics"]["low_shot"]["5"]["mean"],
+            row["metrics"]["knn"]["test_accuracy"],
+        ]
+        # 10 classes: chance is 0.1; even one epoch's features are far above it
+        assert all(0.3 < score <= 1.0 for score in scores)
+
+
+@pytest.mark.slow
+def test_text_table_lists_every_row(dry_run):
+    record, text = dry_run
+    assert f"commit {record['commit']}" in text
+    assert text.count("| vit_b16 |") == 3
+    assert text.count("| default |") == 6
+    for method in METHODS:
+        assert f"| {method} | 1 |" in text
