@@ -12,7 +12,7 @@
    beside a CPU run's metrics.json (--reference).
 4. Peak GPU memory per method (steps and digits training).
 
-Sections run in the order 1 eager, 2 eager, 3, 1 compiled, 2 compiled; a section that
+Sections run in the order 1 eager, 2 eager, 3, 2 compiled, 1 compiled; a section that
 would start after --budget-s seconds is recorded as skipped, and the files are rewritten
 after every item, so a run cut short still returns what it measured.
 
@@ -127,7 +127,7 @@ def step_items(args, device) -> dict[str, list[tuple[str, str, list[int], bool]]
     vit_batches = args.vit_batches or ([256, 128] if device.type == "cuda" else [2])
     default_batch = [args.default_batch]
     compiled_sizes = args.compile_sizes or (
-        ["vit_b16", "default"] if device.type == "cuda" else ["default"]
+        ["default", "vit_b16"] if device.type == "cuda" else ["default"]
     )
     batches = {"vit_b16": vit_batches, "default": default_batch}
 
