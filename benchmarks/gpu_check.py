@@ -118,6 +118,11 @@ def time_step(size: str, method: str, batches: list[int], compiled: bool, args, 
             torch.cuda.empty_cache()
             print(f"{size} {method}: batch {batch_size} does not fit", flush=True)
             continue
+        except Exception as error:  # noqa: BLE001 - a failed item is a result; go on
+            last_line = (str(error).strip().splitlines() or [""])[-1]
+            message = f"{type(error).__name__}: {last_line[:300]}"
+            print(f"{size} {method}: failed: {message}", flush=True)
+            return {"size": size, "method": method, "compiled": compiled, "error": message}
         row.update(size=size, compiled=compiled, wall_s=time.perf_counter() - start, bf16=bf16)
         return row
     return {"size": size, "method": method, "compiled": compiled, "error": "no batch fits"}
@@ -138,6 +143,21 @@ def step_items(args, device) -> dict[str, list[tuple[str, str, list[int], bool]]
         "eager": items(["vit_b16", "default"], False),
         "compiled": items(compiled_sizes, True) if not args.no_compile else [],
     }
+
+
+def profile_step(size: str, method: str, batch_size: int, device, bf16, out: Path) -> None:
+    """The kernels of a few eager steps, heaviest first, to DIR/profile_<size>_<method>.txt."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    settings = argparse.Namespace(
+        batch_size=batch_size, seed=0, flop_steps=1, warmup=2, steps=3, crops=False, compile=False
+    )
+    with torch.profiler.profile(activities=activities) as profiler:
+        measure(method, configuration(size, [method]), settings, device, bf16)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=25)
+    (out / f"profile_{size}_{method}.txt").write_text(table + "\n")
 
 
 # --- 3: the digits experiment through the core API ----------------------------------------
@@ -325,6 +345,14 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--digits-epochs", type=int, help="default: conf/base's (CPU: 1)")
     parser.add_argument("--no-digits", action="store_true")
+    parser.add_argument(
+        "--profile",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SIZE", "METHOD"),
+        help="also profile a few eager steps (repeatable), e.g. --profile vit_b16 ijepa",
+    )
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--reference", type=Path, default=ROOT / "data/08_reporting/metrics.json")
     parser.add_argument("--commit", default=None, help="default: git rev-parse HEAD")
@@ -385,6 +413,14 @@ def main() -> int:
             print(f"{label}: {row.get('images_per_s', 0):,.0f} images/s", flush=True)
 
     run_steps(items["eager"], needed_s=20)
+    for size_name, method in args.profile:
+        timed = [
+            row["batch_size"]
+            for row in report.record["steps"]
+            if (row["size"], row["method"]) == (size_name, method) and "batch_size" in row
+        ]
+        if timed and budget.allows(30):
+            profile_step(size_name, method, timed[0], device, bf16, args.out)
     if not args.no_digits:
         params = load_parameters()
         data = digits_dataset(params)

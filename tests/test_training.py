@@ -8,14 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup import precision
-from selfsup.batches import random_horizontal_flips, random_resized_crops
+from selfsup import batches, precision
+from selfsup.batches import BatchPlan, random_horizontal_flips, random_resized_crops
 from selfsup.checkpoints import CheckpointMismatchError, TrainingCheckpoints
+from selfsup.config import TrainingConfig
 from selfsup.data.preprocessing import NormalizedImages, to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
 from selfsup.randomness import SampleDraws
-from selfsup.training import NonFiniteLossError, parameter_groups, resolve_device, train
+from selfsup.training import (
+    NonFiniteLossError,
+    parameter_groups,
+    resolve_device,
+    resolve_loader_workers,
+    train,
+)
 from tests.helpers import (
     TINY_ENCODER,
     TINY_MASKING,
@@ -508,3 +515,49 @@ def test_compile_without_a_cpp_compiler_is_refused_before_training(module_images
         RuntimeError, match="training.compile: true on CPU needs a C\\+\\+ compiler"
     ):
         run(module_images, compile=True)
+
+
+def test_loader_workers_auto_is_four_on_cuda_and_none_on_cpu():
+    assert resolve_loader_workers("auto", torch.device("cuda")) == 4
+    assert resolve_loader_workers("auto", torch.device("cpu")) == 0
+    assert resolve_loader_workers(3, torch.device("cpu")) == 3
+    assert TrainingConfig().loader_workers == "auto"
+    with pytest.raises(ValueError, match="loader_workers"):
+        TrainingConfig(loader_workers=-1)
+    with pytest.raises(ValueError, match="loader_workers"):
+        TrainingConfig(loader_workers="many")
+
+
+def test_one_loader_serves_every_epoch(tmp_path, monkeypatch):
+    """Loader workers start once per run, not once per epoch (on a GPU a small model's
+    epoch lasts about as long as starting them)."""
+    images = np.random.default_rng(9).integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    view = NormalizedImages(
+        np.load(tmp_path / "images.npy", mmap_mode="r"), {"mean": [0.4], "std": [0.25]}
+    )
+    loaders = []
+    real_loader = batches.DataLoader
+
+    def counted(*args, **kwargs):
+        loaders.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "DataLoader", counted)
+    _, _, history = run(view, loader_workers=1, epochs=3)
+    assert loaders == [1]
+    assert history["epoch"].tolist() == [e for e in range(3) for _ in range(len(history) // 3)]
+
+
+def test_remaining_micro_batches_continue_epoch_after_epoch():
+    plan = BatchPlan(8)
+    expected = [
+        draws
+        for epoch in range(3)
+        for draws in plan.micro_batches(40, seed=5, epoch=epoch, first_step=7)
+    ]
+    remaining = list(plan.remaining_micro_batches(40, seed=5, first_step=7, epochs=3))
+    assert [d.step for d in remaining] == list(range(7, 15))
+    assert [d.step for d in remaining] == [d.step for d in expected]
+    for a, b in zip(remaining, expected, strict=True):
+        assert np.array_equal(a.indices, b.indices)

@@ -11,7 +11,7 @@ are the same whichever process or loader worker makes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +120,15 @@ class BatchPlan:
                 plan.append(SampleDraws(seed, epoch, step, micro, whole))
         return plan
 
+    def remaining_micro_batches(
+        self, num_images: int, seed: int, first_step: int, epochs: int
+    ) -> Iterator[SampleDraws]:
+        """`micro_batches` of every epoch from global step `first_step` to the end of
+        training, made lazily (a long run on a large dataset has millions)."""
+        steps = self.steps_per_epoch(num_images)
+        for epoch in range(first_step // steps, epochs):
+            yield from self.micro_batches(num_images, seed, epoch, first_step)
+
 
 class MethodInputs(Dataset):
     """Item `draws` -> the method's input tensors for those rows: the images read (and,
@@ -154,7 +163,7 @@ class MethodInputs(Dataset):
 
 
 def method_inputs(
-    dataset: MethodInputs, plan: list[SampleDraws], workers: int, pin_memory: bool
+    dataset: MethodInputs, plan: Iterable[SampleDraws], workers: int, pin_memory: bool
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The inputs of every micro-batch in `plan`, in order: made by `workers` DataLoader
     processes ahead of the step (masks and augmentations included, off the critical

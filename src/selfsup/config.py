@@ -9,7 +9,7 @@ plain Pydantic and are used the same way outside Kedro.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -275,8 +275,10 @@ class TrainingConfig(StrictModel):
     horizontal_flip_p: float = Field(0.0, ge=0, le=1)
     num_threads: int | None = Field(None, ge=1)
     # DataLoader processes that read, normalize, crop and mask batches ahead of the
-    # step (0: the training process does it between steps); results do not depend on it.
-    loader_workers: int = Field(0, ge=0)
+    # step (0: the training process does it between steps; auto: 4 on CUDA, where the
+    # GPU would otherwise wait for them, 0 on CPU, where they would compete with the
+    # step for cores); results do not depend on it.
+    loader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     # Micro-batches per process and step: the gradient of batch_size images is summed
     # from accumulation_steps smaller forward/backward passes (less memory, same
     # result; SimCLR's negatives then come from one micro-batch, not the whole batch).

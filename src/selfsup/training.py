@@ -28,6 +28,10 @@ from selfsup.schedules import cosine_schedule, warmup_cosine_schedule
 
 logger = logging.getLogger(__name__)
 
+# Loader processes `loader_workers: auto` starts on CUDA: enough to keep masks, crops and
+# views ahead of a small model's step.
+AUTO_CUDA_LOADER_WORKERS = 4
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
@@ -42,6 +46,13 @@ def resolve_device(name: str) -> torch.device:
             "training.device=cuda but no CUDA device is visible; use 'auto' or 'cpu'"
         )
     return torch.device(name)
+
+
+def resolve_loader_workers(setting: int | str, device: torch.device) -> int:
+    """`training.loader_workers`: `auto` is 4 on CUDA and 0 on the CPU."""
+    if setting == "auto":
+        return AUTO_CUDA_LOADER_WORKERS if device.type == "cuda" else 0
+    return int(setting)
 
 
 def parameter_groups(module: torch.nn.Module) -> list[dict]:
@@ -184,13 +195,14 @@ def train(
     start = time.perf_counter() - elapsed_before
     elapsed = elapsed_before
     shown: dict[str, float] = {}  # the latest monitors, for the progress bar
+    # One loader for the whole run: its workers start once, not every epoch.
+    micro_batches = method_inputs(
+        inputs,
+        plan.remaining_micro_batches(num_images, seed, step, config.epochs),
+        resolve_loader_workers(config.loader_workers, device),
+        pin_memory=device.type == "cuda",
+    )
     for epoch in range(step // steps_per_epoch, config.epochs):
-        micro_batches = method_inputs(
-            inputs,
-            plan.micro_batches(num_images, seed, epoch, step),
-            config.loader_workers,
-            pin_memory=device.type == "cuda",
-        )
         for _ in range(step, (epoch + 1) * steps_per_epoch):
             lr = warmup_cosine_schedule(
                 config.start_lr, config.lr, config.final_lr, warmup_steps, step, total_steps

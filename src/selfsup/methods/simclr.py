@@ -19,6 +19,10 @@ from selfsup.models.vit import init_weights
 from selfsup.randomness import SampleDraws, seeded_torch_draws
 
 
+# Runs eagerly under torch.compile: Triton 3.6 (torch 2.11) failed to compile the fused
+# cross-entropy of these logits on an H200 ("PassManager::run failed"), and the loss is a
+# small part of the step.
+@torch.compiler.disable
 def nt_xent_loss(
     z_a: torch.Tensor,
     z_b: torch.Tensor,
