@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
+from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded there
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 
 class MissingInputsError(RuntimeError):
     """A partial run (`--namespaces`, `--pipelines`) needs outputs no run produced yet."""
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another `kedro run` is writing this project folder's outputs."""
 
 
 class DistributedRunError(RuntimeError):
@@ -132,3 +144,59 @@ class ReportHooks:
     def after_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         if "comparison_report" in pipeline.all_outputs():
             logger.info("\n%s", catalog.load("comparison_report"))
+
+
+# Relative to the project root, like the catalog's paths.
+RUN_LOCK = "data/.kedro_run.lock"
+
+
+class RunLockHooks:
+    """One `kedro run` per project folder at a time: a second run would overwrite the
+    first one's outputs, checkpoints and logs while it writes them. The lock is an
+    advisory lock (flock) on RUN_LOCK, which the OS drops when its process ends, so a
+    crashed or killed run leaves nothing stuck. Under torchrun, rank 0 holds it."""
+
+    def __init__(self) -> None:
+        self._held = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        from selfsup import distributed
+
+        # A run stopped by another hook before it started never reached
+        # after_pipeline_run: drop its lock (this process's) first.
+        self._release()
+        if fcntl is None or not distributed.is_main_process():
+            return
+        path = Path(RUN_LOCK)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConcurrentRunError(
+                f"another kedro run is using this project folder ({holder}; lock file "
+                f"{path.resolve()}); wait for it to end or stop it, or run from a "
+                "separate clone. Two runs in one folder would mix their outputs."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._held = handle
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()  # closing drops the flock
+            self._held = None
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params: dict, pipeline, catalog) -> None:
+        self._release()

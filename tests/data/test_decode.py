@@ -6,6 +6,8 @@ conversion rule in the docstring of `selfsup.data.decode`.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +382,48 @@ def test_decode_file_reasons_for_unusable_files(tmp_path):
         array, reason = decode_file(str(path), settings)
         assert array is None
         assert reason.startswith("truncated or corrupt: ")
+
+
+def test_images_over_max_pixels_are_rejected_before_decoding(tmp_path):
+    path = save(tmp_path / "big.png", np.zeros((40, 50, 3), dtype=np.uint8))
+    array, reason = decode_file(str(path), DecodeSettings(8, 3, "stretch", max_pixels=1999))
+    assert array is None
+    assert "50x40" in reason and "max_pixels=1,999" in reason
+    assert "ingestion.options.max_pixels" in reason
+    array, reason = decode_file(str(path), DecodeSettings(8, 3, "stretch", max_pixels=2000))
+    assert reason == "" and array.shape == (8, 8, 3)
+
+
+def test_a_jpeg_counts_the_pixels_of_its_reduced_decode(tmp_path):
+    """JPEG decodes at 1/8 scale when the target is small: 400x400 is read as 50x50."""
+    path = save(tmp_path / "photo.jpg", random_rgb(400, 400))
+    array, reason = decode_file(str(path), DecodeSettings(32, 3, "shorter_side_crop", 2500))
+    assert reason == "" and array.shape == (32, 32, 3)
+
+
+MEASURE_DECODE = """
+import resource, sys
+from selfsup.data.decode import DecodeSettings, decode_file
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+array, reason = decode_file(sys.argv[1], DecodeSettings(32, 3, "shorter_side_crop"))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after - before, reason)
+"""
+
+
+def test_a_decompression_bomb_under_pillows_limit_costs_no_memory(tmp_path):
+    """A 13000x13000 RGBA PNG (169 megapixels, under Pillow's 179 MP guard) compresses to
+    under 1 MB and would take 676 MB decoded; it is rejected unread, and the decoding
+    process's peak memory grows by less than 20 MB."""
+    path = tmp_path / "bomb.png"
+    Image.new("RGBA", (13000, 13000)).save(path)
+    assert path.stat().st_size < 1_000_000
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE_DECODE, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grown_kib, reason = done.stdout.strip().split(" ", 1)
+    assert "169.0 megapixels" in reason
+    assert int(grown_kib) < 20 * 1024

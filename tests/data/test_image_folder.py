@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -906,3 +907,43 @@ def test_empty_path_is_an_error_not_the_working_directory(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path / "cwd")
     with pytest.raises(ValueError, match="ingestion.options.path"):
         load_source("image_folder", {"path": "", "workers": 1}, 8)
+
+
+def test_an_unusable_class_still_rewrites_rejected_files(tmp_path, staging, monkeypatch):
+    """The error says "see the rejected files": the list must be this run's, not the
+    previous run's."""
+    root = tmp_path / "labelled"
+    make_labelled(root, {"cat": 2, "dog": 2})
+    write_bytes(root / "bird" / "only.png", b"\x89PNG\r\n\x1a\n broken")
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / "data" / "08_reporting" / "rejected_files.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"rejected": [{"path": "from/an/earlier/run.png"}]}')
+    with pytest.raises(ValueError, match=r"class folders \['bird'\]") as error:
+        ingest_images(ingestion(root, staging), MASKING, seed=0)
+    assert "bird/only.png" in str(error.value)
+    written = json.loads(report.read_text())
+    assert [entry["path"] for entry in written["rejected"]] == ["bird/only.png"]
+    assert written["rejected"][0]["source"] == "source"
+    assert written["sources"][0]["rejected"] == 1
+
+
+def test_file_names_that_are_not_utf8_are_kept_as_escaped_text(tmp_path, staging):
+    """Linux file names are bytes; one that is not UTF-8 is read, and written to
+    samples.csv and rejected_files.json as text with \\xNN escapes."""
+    root = tmp_path / "labelled"
+    make_labelled(root, {"cat": 5, "dog": 5})
+    odd_class = root / os.fsdecode(b"caf\xe9")
+    save(odd_class / os.fsdecode(b"\xff\xfe.png"), solid(20))
+    for i in range(4):
+        save(odd_class / f"ok{i}.png", solid(21 + i))
+    write_bytes(root / "cat" / os.fsdecode(b"broken\xe9.png"), b"not an image")
+    config = ingestion(root, staging, max_rejected_fraction=0.5)
+    _, samples, class_index, rejected = ingest_images(config, MASKING, seed=0)
+    assert len(samples) == 15
+    assert "caf\\xe9" in class_index
+    assert f"{root.as_posix()}/caf\\xe9/\\xff\\xfe.png" in samples["path"].tolist()
+    assert [e["path"] for e in rejected["rejected"]] == ["cat/broken\\xe9.png"]
+    samples.to_csv(tmp_path / "samples.csv", index=False)  # what the catalog does
+    json.dumps(rejected, ensure_ascii=False).encode("utf-8")
+    json.dumps(class_index, ensure_ascii=False).encode("utf-8")

@@ -206,6 +206,14 @@ def test_a_checkpoint_resumes_only_a_run_that_trains_the_same_way():
         "horizontal_flip_p": identity(horizontal_flip_p=0.5),
         "seed": identity(seed=1),
         "num_images": identity(num_images=101),
+        "data": _run_identity(
+            PretrainingConfig(method="ijepa", training={"epochs": 2}),
+            ENCODER,
+            MASKING,
+            0,
+            100,
+            "another-data-set",
+        ),
     }
     assert [name for name, other in retrains.items() if other == reference] == []
     assert (

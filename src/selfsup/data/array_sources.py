@@ -9,6 +9,7 @@ which builds only plain containers and numpy arrays.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,12 +61,7 @@ def as_uint8_images(images: np.ndarray, path: Path) -> np.ndarray:
     if images.dtype == np.uint8:
         return np.ascontiguousarray(images)
     if np.issubdtype(images.dtype, np.floating):
-        low, high = float(np.nanmin(images)), float(np.nanmax(images))
-        if not np.isfinite(images).all() or low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{path}: float images must be finite and in [0, 1], found values in "
-                f"[{low}, {high}]; rescale them to [0, 1] or store uint8 0..255"
-            )
+        check_float_pixels(images, path)
         converted = np.empty(images.shape, dtype=np.uint8)
         step = rows_per_chunk(images.shape[1:], np.dtype(np.float64).itemsize)
         for start in range(0, images.shape[0], step):
@@ -76,6 +72,25 @@ def as_uint8_images(images: np.ndarray, path: Path) -> np.ndarray:
         f"{path}: images have dtype {images.dtype}; store them as uint8 (0..255) or as "
         "float in [0, 1]"
     )
+
+
+def check_float_pixels(images: np.ndarray, path: Path) -> None:
+    """Float pixels must be finite and in [0, 1]; the error says which rule fails where."""
+    not_finite = ~np.isfinite(images)
+    if not_finite.any():
+        nan = int(np.isnan(images).sum())
+        first = int(np.argwhere(not_finite.reshape(images.shape[0], -1).any(axis=1))[0, 0])
+        raise ValueError(
+            f"{path}: float images hold {nan} NaN and {int(not_finite.sum()) - nan} "
+            f"infinite values (the first in image {first}); replace them, then store "
+            "values in [0, 1] or uint8 0..255"
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"{path}: float images must be in [0, 1], found values in [{low}, {high}]; "
+            "rescale them to [0, 1] or store uint8 0..255"
+        )
 
 
 def indexed_labels(labels: np.ndarray, num_images: int, path: Path) -> tuple[np.ndarray, list]:
@@ -97,10 +112,17 @@ def indexed_labels(labels: np.ndarray, num_images: int, path: Path) -> tuple[np.
     return indices.astype(np.int64), names
 
 
-def unpickling_refused(path: Path, error: ValueError) -> ValueError:
+def unreadable(path: Path, error: Exception) -> ValueError:
+    """Why numpy could not read `path`: Python objects (which would need unpickling), or
+    a damaged file."""
+    if "allow_pickle" in str(error) or "Python objects" in str(error):
+        return ValueError(
+            f"{path}: cannot be read without unpickling ({error}); save it with numpy "
+            "arrays of numbers or strings, not Python objects"
+        )
     return ValueError(
-        f"{path}: cannot be read without unpickling ({error}); save it with numpy arrays "
-        "of numbers or strings, not Python objects"
+        f"{path}: cannot be read ({type(error).__name__}: {error}); the file is truncated "
+        "or corrupt: write or copy it again"
     )
 
 
@@ -110,8 +132,8 @@ def load_array(path: Path, what: str) -> np.ndarray | np.lib.npyio.NpzFile:
         raise FileNotFoundError(f"{what} file {path} does not exist; check ingestion.options")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
-    except ValueError as error:
-        raise unpickling_refused(path, error) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise unreadable(path, error) from None
 
 
 def npz_member(archive: np.lib.npyio.NpzFile, key: str, option: str, path: Path) -> np.ndarray:
@@ -122,8 +144,8 @@ def npz_member(archive: np.lib.npyio.NpzFile, key: str, option: str, path: Path)
         )
     try:
         return archive[key]
-    except ValueError as error:
-        raise unpickling_refused(path, error) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise unreadable(path, error) from None
 
 
 def load_arrays(options: dict, image_size: int | None = None) -> ImageSet:
@@ -160,6 +182,10 @@ def load_arrays(options: dict, image_size: int | None = None) -> ImageSet:
     return ImageSet(images=images, labels=indices, class_names=class_names, paths=paths)
 
 
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A pickle asked for something other than arrays, lists and strings."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Builds dicts, lists, strings, numbers and numpy arrays; any other global (the way a
     crafted pickle runs code, e.g. `os.system`) raises instead of being imported.
@@ -180,7 +206,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(
+            raise RefusedGlobalError(
                 f"refusing to load {module}.{name}: CIFAR batches hold only arrays, lists "
                 "and strings, so this file is not a CIFAR batch or has been tampered with"
             )
@@ -188,9 +214,26 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(path: Path) -> Any:
-    with path.open("rb") as handle:
-        # The original batches were pickled by Python 2: their strings are bytes.
-        return RestrictedUnpickler(handle, encoding="bytes").load()
+    try:
+        with path.open("rb") as handle:
+            # The original batches were pickled by Python 2: their strings are bytes.
+            return RestrictedUnpickler(handle, encoding="bytes").load()
+    except RefusedGlobalError as error:
+        raise RefusedGlobalError(f"{path}: {error}") from None
+    except pickle.UnpicklingError as error:
+        if "truncated" not in str(error):
+            raise pickle.UnpicklingError(
+                f"{path}: {error}; this is not a CIFAR file or it has been tampered with"
+            ) from None
+        raise ValueError(
+            f"{path}: cannot be read as a CIFAR file ({error}); it is truncated: download "
+            "and extract it again"
+        ) from None
+    except (EOFError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{path}: cannot be read as a CIFAR file ({type(error).__name__}: {error}); it "
+            "is truncated or corrupt: download and extract it again"
+        ) from None
 
 
 CIFAR_LAYOUTS = {
@@ -262,7 +305,13 @@ def load_cifar(options: dict, image_size: int | None = None) -> ImageSet:
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(batch_labels)
     meta = restricted_load(root / meta_name)
-    class_names = [n.decode() for n in meta[name_keys[config.label_mode]]]
+    name_key = name_keys[config.label_mode]
+    if not isinstance(meta, dict) or name_key not in meta:
+        raise ValueError(
+            f"{root / meta_name}: has no {name_key!r} (the class names); not a {layout} meta "
+            "file, or a damaged one: download and extract it again"
+        )
+    class_names = [n.decode() for n in meta[name_key]]
     all_labels = np.concatenate(labels)
     if all_labels.min() < 0 or all_labels.max() >= len(class_names):
         raise ValueError(f"{root}: labels outside 0..{len(class_names) - 1}")

@@ -30,6 +30,9 @@ class DecodeSettings:
     size: int
     channels: int  # 1 or 3
     resize: str  # one of RESIZE_MODES
+    # Larger images are rejected before their pixels are decoded: memory per decoding
+    # worker stays bounded (a small compressed file can hold a huge image).
+    max_pixels: int = 64_000_000
 
 
 def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
@@ -79,26 +82,38 @@ def fit_to_size(image: Image.Image, settings: DecodeSettings) -> tuple[Image.Ima
     return image.crop((left, top, left + size, top + size)), ""
 
 
+def _pixels_of(opened: Image.Image, settings: DecodeSettings) -> tuple[np.ndarray | None, str]:
+    """Decode an opened file at (size, size, channels), or say why not."""
+    if settings.resize != "none":
+        # JPEG can decode at 1/2, 1/4 or 1/8 scale, never below the requested size: a
+        # large photo then costs a fraction of a full decode.
+        opened.draft(None, (settings.size, settings.size))
+    width, height = opened.size  # after draft: what decoding will allocate
+    if width * height > settings.max_pixels:
+        return None, (
+            f"image is {width}x{height} ({width * height / 1e6:.1f} megapixels), more than "
+            f"max_pixels={settings.max_pixels:,}; not decoded (raise "
+            "ingestion.options.max_pixels to read it)"
+        )
+    opened.load()
+    image = to_channels(ImageOps.exif_transpose(opened), settings.channels)
+    fitted, reason = fit_to_size(image, settings)
+    if fitted is None:
+        return None, reason
+    array = np.asarray(fitted, dtype=np.uint8)
+    return array.reshape(settings.size, settings.size, settings.channels), ""
+
+
 def decode_file(path: str, settings: DecodeSettings) -> tuple[np.ndarray | None, str]:
     """(array, "") for a usable image, (None, reason) for a file to reject."""
     try:
         if os.path.getsize(path) == 0:
             return None, "empty file (0 bytes)"
         with Image.open(path) as opened:
-            if settings.resize != "none":
-                # JPEG can decode at 1/2, 1/4 or 1/8 scale, never below the requested
-                # size: a large photo then costs a fraction of a full decode.
-                opened.draft(None, (settings.size, settings.size))
-            opened.load()
-            image = to_channels(ImageOps.exif_transpose(opened), settings.channels)
-            fitted, reason = fit_to_size(image, settings)
-            if fitted is None:
-                return None, reason
-            array = np.asarray(fitted, dtype=np.uint8)
+            return _pixels_of(opened, settings)
     except Image.UnidentifiedImageError:
         return None, "not an image Pillow can read"
     except Image.DecompressionBombError as error:
         return None, f"too many pixels (Pillow's decompression-bomb guard): {error}"
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         return None, f"truncated or corrupt: {error}"
-    return array.reshape(settings.size, settings.size, settings.channels), ""

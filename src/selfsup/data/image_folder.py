@@ -44,6 +44,8 @@ class ImageFolderOptions(StrictModel):
     resize: Literal["shorter_side_crop", "stretch", "none"] = "shorter_side_crop"
     workers: int | None = Field(None, ge=1)  # default: every CPU core
     staging_dir: str = "data/02_intermediate"  # scratch space for one copy of the array
+    # Images with more pixels (after JPEG's reduced-size decoding) are rejected unread.
+    max_pixels: int = Field(64_000_000, ge=1)
 
 
 @dataclass
@@ -195,6 +197,24 @@ def _decode_all(
     return staged.view(), kept
 
 
+def as_text(name: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 (which Python keeps as
+    surrogates) become `\\xNN` escapes, so the name can be written to CSV and JSON."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _named_as_text(entries: list[dict]) -> list[dict]:
+    return [{**entry, "path": as_text(entry["path"])} for entry in entries]
+
+
+class UnusableSourceError(ValueError):
+    """The folder's files gave no usable image set; `rejected` says why, file by file."""
+
+    def __init__(self, message: str, rejected: list[dict]) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
 def summarize_rejections(rejected: list[dict], shown: int = 5) -> str:
     """The first few rejected files and why, for error messages."""
     lines = [f"{entry['path']}: {entry['reason']}" for entry in rejected[:shown]]
@@ -208,7 +228,9 @@ def load_image_folder(options: dict, image_size: int) -> ImageSet:
     scan = scan_folder(root, config.labels)
     root = root.resolve()
     _check_labelled_scan(Path(config.path), scan)
-    settings = DecodeSettings(config.size or image_size, config.channels, config.resize)
+    settings = DecodeSettings(
+        config.size or image_size, config.channels, config.resize, config.max_pixels
+    )
     workers = config.workers or os.cpu_count() or 1
     logger.info(
         "image_folder %s: decoding %d files (%s) with %d workers",
@@ -218,10 +240,12 @@ def load_image_folder(options: dict, image_size: int) -> ImageSet:
         workers,
     )
     images, kept = _decode_all(root, scan, settings, workers, Path(config.staging_dir))
+    rejected = _named_as_text(sorted(scan.rejected, key=lambda entry: entry["path"]))
     if not kept:
-        raise ValueError(
+        raise UnusableSourceError(
             f"none of the {len(scan.files)} files in {config.path} could be decoded: "
-            + summarize_rejections(scan.rejected)
+            + summarize_rejections(rejected),
+            rejected,
         )
     files = [scan.files[i] for i in kept]
     if scan.class_names:
@@ -229,17 +253,20 @@ def load_image_folder(options: dict, image_size: int) -> ImageSet:
         labels = np.array([index[scan.classes[i]] for i in kept], dtype=np.int64)
         without = [name for i, name in enumerate(scan.class_names) if not (labels == i).any()]
         if without:
-            raise ValueError(
+            named = {as_text(name) for name in without}
+            in_empty = [e for e in rejected if Path(e["path"]).parts[0] in named]
+            raise UnusableSourceError(
                 f"class folders {without} in {config.path} have no image that could be "
-                "decoded (see the rejected files); fix or remove them"
+                f"decoded ({summarize_rejections(in_empty)}); fix or remove them",
+                rejected,
             )
     else:
         labels = np.full(len(kept), -1, dtype=np.int64)
     return ImageSet(
         images=images,
         labels=labels,
-        class_names=list(scan.class_names),
-        paths=[(Path(config.path) / relative).as_posix() for relative in files],
-        rejected=sorted(scan.rejected, key=lambda entry: entry["path"]),
-        ignored=scan.ignored,
+        class_names=[as_text(name) for name in scan.class_names],
+        paths=[as_text((Path(config.path) / relative).as_posix()) for relative in files],
+        rejected=rejected,
+        ignored=_named_as_text(scan.ignored),
     )

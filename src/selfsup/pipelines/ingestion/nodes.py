@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from selfsup.config import IngestionConfig, MaskingConfig
 from selfsup.data.chunked import ChunkedImages, ConcatenatedImages
-from selfsup.data.image_folder import summarize_rejections
+from selfsup.data.image_folder import UnusableSourceError, summarize_rejections
 from selfsup.data.image_set import ImageSet
 from selfsup.data.samples import (
     labelled_rows,
@@ -36,6 +38,36 @@ def _accounting(key: str, name: str, image_set: ImageSet) -> dict:
     }
 
 
+def _load_or_report(
+    ingestion: IngestionConfig, key: str, name: str, options: dict, masking: MaskingConfig
+) -> ImageSet:
+    """`load_source`; when the source is unusable, its rejected files are still written
+    to REJECTED_FILES (the error points there) before the error goes on."""
+    config_key = "source" if key == "source" else "eval_source.source"
+    try:
+        return load_source(name, options, masking.image_size, config_key)
+    except UnusableSourceError as error:
+        report = {
+            "max_rejected_fraction": ingestion.max_rejected_fraction,
+            "sources": [
+                {
+                    "key": key,
+                    "source": name,
+                    "accepted": 0,
+                    "rejected": len(error.rejected),
+                    "ignored": 0,
+                    "rejected_fraction": 1.0,
+                }
+            ],
+            "rejected": [{**entry, "source": key} for entry in error.rejected],
+            "ignored": [],
+        }
+        path = Path(REJECTED_FILES)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        raise
+
+
 def ingest_images(
     ingestion: IngestionConfig, masking: MaskingConfig, seed: int
 ) -> tuple[np.ndarray | ChunkedImages, pd.DataFrame, dict, dict]:
@@ -43,7 +75,7 @@ def ingest_images(
     pretrained on, where it came from), the class index map and every rejected file.
 
     Sources that decode files resize to `masking.image_size` as they go."""
-    source = load_source(ingestion.source, ingestion.options, masking.image_size)
+    source = _load_or_report(ingestion, "source", ingestion.source, ingestion.options, masking)
     eval_config = ingestion.eval_source
     if eval_config is None:
         if source.labelled:
@@ -53,8 +85,8 @@ def ingest_images(
         images, class_names = source.images, source.class_names
         sources = [("source", ingestion.source, source)]
     else:
-        evaluated = load_source(
-            eval_config.source, eval_config.options, masking.image_size, "eval_source.source"
+        evaluated = _load_or_report(
+            ingestion, "eval_source", eval_config.source, eval_config.options, masking
         )
         if not evaluated.labelled:
             raise ValueError(

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from selfsup import distributed
 from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
+from selfsup.data.fingerprint import images_fingerprint
 from selfsup.data.splits import pretraining_rows
 from selfsup.plots import plot_training_history
 from selfsup.pretraining import pretrain_encoder
@@ -49,7 +50,12 @@ def pretrain(
             pretraining.training.checkpoint_every,
             pretraining.training.keep_checkpoints,
             _run_identity(
-                pretraining, encoder, masking, seed, int(pretraining_rows(samples).sum())
+                pretraining,
+                encoder,
+                masking,
+                seed,
+                int(pretraining_rows(samples).sum()),
+                _training_data_fingerprint(model_input_images, samples),
             ),
         )
     with live:
@@ -91,8 +97,10 @@ _RESUMABLE_ACROSS = {
     "accumulation_steps",
     "compile",
 }
+# Masking settings that only shape the reports (mask statistics, preview), not training.
+_REPORT_ONLY_MASKING = {"stats_num_masks", "preview_images"}
 # Bumped when what a checkpoint means changes, so an older one is refused, not misread.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 def _run_identity(
@@ -101,6 +109,7 @@ def _run_identity(
     masking: MaskingConfig,
     seed: int,
     num_images: int,
+    data_fingerprint: str = "",
 ) -> dict:
     """What a checkpoint must share with this run for the run to resume from it."""
     training = pretraining.training.model_dump(mode="json", exclude=_RESUMABLE_ACROSS)
@@ -111,10 +120,16 @@ def _run_identity(
         "hyperparameters": pretraining.hyperparameters,
         "training": training,
         "encoder": encoder.model_dump(mode="json"),
-        "masking": masking.model_dump(mode="json"),
+        "masking": masking.model_dump(mode="json", exclude=_REPORT_ONLY_MASKING),
         "seed": seed,
         "num_images": num_images,
+        "data_fingerprint": data_fingerprint,
     }
+
+
+def _training_data_fingerprint(model_input_images: np.ndarray, samples: pd.DataFrame) -> str:
+    rows = pretraining_rows(samples)
+    return images_fingerprint(model_input_images, rows, samples["path"][rows].astype(str))
 
 
 # Per-step columns of the history that are bookkeeping, not curves.
