@@ -253,3 +253,36 @@ def test_evaluation_refuses_features_that_do_not_match_the_labelled_images(small
     stale = np.zeros((len(samples) + 1, 4), dtype=np.float32)
     with pytest.raises(ValueError, match=r"13 feature rows for 12 labelled images.*stale"):
         evaluate(stale, samples, EvaluationConfig(), seed=0)
+
+
+def test_inputs_of_two_runs_are_refused_before_any_work():
+    """A run stopped between saving images.npy and samples.csv leaves a 311-row array
+    beside a 180-row table: every consumer of both stops and names the two files."""
+    from selfsup.pipelines.consistency import MixedRunsError
+    from selfsup.pipelines.pretraining.nodes import pretrain
+
+    images = np.zeros((311, 8, 8, 1), dtype=np.uint8)
+    samples = pd.DataFrame(
+        {
+            "label": np.arange(180) % 2,
+            "split": ["train"] * 180,
+            "pretrain": True,
+            "path": [f"image[{i}]" for i in range(180)],
+        }
+    )
+    normalization = {"mean": [0.5], "std": [0.25]}
+    expected = r"images\.npy holds 311 images but .*samples\.csv describes 180"
+    with pytest.raises(MixedRunsError, match=expected):
+        compute_normalization(images, samples)
+    with pytest.raises(MixedRunsError, match=expected):
+        raw_pixel_features(images, samples, normalization)
+    with pytest.raises(MixedRunsError, match=expected):
+        pretrain(
+            images,
+            samples,
+            normalization,
+            ENCODER,
+            MASKING,
+            PretrainingConfig(method="mae", training={"epochs": 2}),
+            0,
+        )

@@ -14,6 +14,7 @@ from selfsup.data.splits import evaluated_rows
 from selfsup.evaluation import encoder_features
 from selfsup.models import build_encoder
 from selfsup.models.vit import encoder_from_checkpoint
+from selfsup.pipelines.consistency import check_rows_match
 from selfsup.training import resolve_device
 
 
@@ -32,6 +33,7 @@ def no_labels_message() -> str:
 def evaluated_images(
     model_input_images: np.ndarray, samples: pd.DataFrame, normalization: dict
 ) -> NormalizedImages:
+    check_rows_match(model_input_images, samples)
     rows = evaluated_rows(samples)
     if not rows.any():
         raise NoLabelledImagesError(no_labels_message())

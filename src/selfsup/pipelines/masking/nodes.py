@@ -11,6 +11,7 @@ from selfsup.data.chunked import ChunkedImages
 from selfsup.data.preprocessing import ResizedImages, channel_statistics
 from selfsup.data.splits import pretraining_rows
 from selfsup.masks import build_mask_sampler, measure_mask_statistics
+from selfsup.pipelines.consistency import check_rows_match
 from selfsup.plots import plot_mask_preview
 
 
@@ -24,6 +25,7 @@ def prepare_model_input(images: np.ndarray, masking: MaskingConfig) -> np.ndarra
 def compute_normalization(model_input_images: np.ndarray, samples: pd.DataFrame) -> dict:
     """Per-channel mean and std of the pretraining images only (for a labelled source,
     its train split: no val/test leakage)."""
+    check_rows_match(model_input_images, samples)
     return channel_statistics(model_input_images, pretraining_rows(samples))
 
 

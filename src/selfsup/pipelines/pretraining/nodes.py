@@ -16,6 +16,7 @@ from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
 from selfsup.data.fingerprint import images_fingerprint
 from selfsup.data.splits import pretraining_rows
+from selfsup.pipelines.consistency import check_rows_match
 from selfsup.plots import plot_training_history
 from selfsup.pretraining import pretrain_encoder
 
@@ -38,6 +39,7 @@ def pretrain(
     as training goes (the DVC stage declares them as plots). With `checkpoint_dir`,
     training checkpoints go there (`training.checkpoint_every`) and `training.resume`
     continues from the newest one written by a run with the same settings."""
+    check_rows_match(model_input_images, samples)
     # dvcyaml=False: dvc.yaml declares the plots; save_dvc_exp=False: `dvc exp run`,
     # not the logger, records experiments.
     # Under torchrun only rank 0 logs and checkpoints; the others train their share.
