@@ -40,7 +40,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
         RunLockHooks().before_pipeline_run({}, None, None)
     message = str(refused.value)
     assert f"pid {lock_holder.pid}" in message
-    assert str(tmp_path / "data" / ".kedro_run.lock") in message
+    assert str(tmp_path / ".kedro_run.lock") in message
 
 
 def test_a_killed_run_leaves_no_stuck_lock(tmp_path, monkeypatch, lock_holder):
@@ -49,7 +49,7 @@ def test_a_killed_run_leaves_no_stuck_lock(tmp_path, monkeypatch, lock_holder):
     lock_holder.wait()
     hooks = RunLockHooks()
     hooks.before_pipeline_run({}, None, None)
-    assert f"pid {os.getpid()}" in (tmp_path / "data" / ".kedro_run.lock").read_text()
+    assert f"pid {os.getpid()}" in (tmp_path / ".kedro_run.lock").read_text()
     hooks.after_pipeline_run({}, None, None)
 
 

@@ -500,6 +500,7 @@ def test_dataloader_workers_give_the_same_training(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(first_run, module_images):
     """training.compile: the same losses and weights as eager, to float rounding. Slow
     (about 45 s on 2 cores: I-JEPA's context length changes, so it compiles twice)."""

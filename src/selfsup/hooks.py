@@ -146,8 +146,8 @@ class ReportHooks:
             logger.info("\n%s", catalog.load("comparison_report"))
 
 
-# Relative to the project root, like the catalog's paths.
-RUN_LOCK = "data/.kedro_run.lock"
+# In the project root (Kedro runs there), outside data/: a refused run writes no data.
+RUN_LOCK = ".kedro_run.lock"
 
 
 class RunLockHooks:

@@ -22,6 +22,9 @@ import yaml
 
 from tests.helpers import TINY_RUN
 
+# Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("ijepa", "mae", "simclr")
 NAMES = (*METHODS, "raw_pixels", "random_init")

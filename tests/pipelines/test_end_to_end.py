@@ -33,6 +33,9 @@ from selfsup.evaluation import encoder_features
 from selfsup.models.vit import encoder_from_checkpoint
 from tests.helpers import TINY_RUN, expected_block_dims
 
+# Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("ijepa", "mae", "simclr")
 NAMES = (*METHODS, "raw_pixels", "random_init")

@@ -19,6 +19,9 @@ from PIL import Image
 from tests.helpers import TINY_RUN
 from tests.pipelines.test_end_to_end import kedro, make_project_copy
 
+# Whole kedro runs in subprocesses: the slow tier.
+pytestmark = pytest.mark.slow
+
 CLASSES = ("circles", "stripes", "squares")
 PER_CLASS = 12
 FORMATS = ("png", "jpg", "bmp", "tiff", "webp")

@@ -18,6 +18,9 @@ import yaml
 from tests.helpers import TINY_RUN, pretraining_run
 from tests.pipelines.test_end_to_end import kedro, make_project_copy
 
+# Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
+pytestmark = pytest.mark.slow
+
 # 1,077 train images / batch 32 = 33 steps per epoch, 3 epochs = 99 steps.
 TRAINING = {**TINY_RUN["ijepa"]["training"], "epochs": 3, "checkpoint_every": 5}
 

@@ -17,6 +17,9 @@ from tests.helpers import TINY_RUN, assert_same_weights, pretraining_run
 from tests.pipelines.test_end_to_end import kedro, make_project_copy
 from tests.test_distributed import free_port
 
+# Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
+pytestmark = pytest.mark.slow
+
 # 1,077 train images / global batch 32 = 33 steps; SimCLR gathers negatives across ranks.
 PRETRAIN_SIMCLR = pretraining_run("simclr")
 ENCODER = Path("data/06_models/simclr/encoder.pt")
