@@ -7,8 +7,9 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,266 @@ def _seed_stochastic_layers(seed: int, step: int) -> None:
     torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
 
 
+@dataclass
+class _Run:
+    """What one training run carries from step to step."""
+
+    method: PretrainingMethod
+    model: torch.nn.Module  # the method, wrapped for DDP and torch.compile as configured
+    ddp: DistributedDataParallel | None
+    optimizer: torch.optim.Optimizer
+    config: TrainingConfig
+    plan: BatchPlan
+    device: torch.device
+    use_bf16: bool
+    main: bool
+    seed: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    history: list[dict]
+    step: int
+    start: float  # perf_counter origin, shifted back by the time before a resume
+    monitor: TrainingMonitor | None
+    checkpoints: TrainingCheckpoints | None
+    on_step: Callable[[dict], None] | None
+    progress: tqdm
+    description: str
+    shown: dict[str, float] = field(default_factory=dict)  # latest monitors, for the bar
+
+
+def _check_can_train(config: TrainingConfig, num_images: int, device: torch.device) -> None:
+    if num_images < config.batch_size:
+        raise ValueError(
+            f"training.batch_size={config.batch_size} exceeds the {num_images} "
+            "training images; lower the batch size"
+        )
+    if config.compile and device.type == "cpu" and not shutil.which("c++"):
+        raise RuntimeError(
+            "training.compile: true on CPU needs a C++ compiler (c++ on PATH) for "
+            "torch.compile's generated kernels; install one (e.g. g++) or set compile: false"
+        )
+
+
+def _resume_or_start(
+    method: PretrainingMethod,
+    optimizer: torch.optim.Optimizer,
+    config: TrainingConfig,
+    checkpoints: TrainingCheckpoints | None,
+    monitor: TrainingMonitor | None,
+    on_step: Callable[[dict], None] | None,
+    main: bool,
+) -> tuple[list[dict], int, float]:
+    """(history, step, seconds trained before): from the newest checkpoint with
+    `resume`, whose history rows are replayed through `on_step`; else from scratch,
+    clearing an earlier run's checkpoints."""
+    resumed = checkpoints.load_latest() if checkpoints and config.resume and main else None
+    resumed = distributed.broadcast_from_main(resumed)
+    if resumed is None:
+        if checkpoints is not None and main:
+            checkpoints.clear()  # from an earlier run: never mix two runs' checkpoints
+        return [], 0, 0.0
+    method.load_state_dict(resumed["method"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    history = resumed["history"]
+    if monitor is not None:
+        monitor.resume(method, history)
+    if on_step is not None and main:
+        for row in history:
+            on_step(row)
+    return history, resumed["step"], history[-1]["elapsed_s"] if history else 0.0
+
+
+def _wrapped(
+    method: PretrainingMethod, config: TrainingConfig, device: torch.device
+) -> tuple[torch.nn.Module, DistributedDataParallel | None]:
+    model: torch.nn.Module = method
+    ddp = None
+    if distributed.is_running():
+        model = ddp = DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+    if config.compile:
+        model = torch.compile(model)
+    return model, ddp
+
+
+def _start_run(
+    method: PretrainingMethod,
+    images: torch.Tensor | NormalizedImages,
+    config: TrainingConfig,
+    seed: int,
+    description: str,
+    on_step: Callable[[dict], None] | None,
+    checkpoints: TrainingCheckpoints | None,
+    monitor: TrainingMonitor | None,
+) -> tuple[_Run, MethodInputs]:
+    """Device, process group, optimizer, schedules' lengths and the resumed state."""
+    device = distributed.training_device(resolve_device(config.device))
+    distributed.ensure_process_group(device)
+    main = distributed.is_main_process()
+    plan = BatchPlan(
+        config.batch_size,
+        distributed.world_size(),
+        distributed.rank(),
+        config.accumulation_steps,
+    )
+    _check_can_train(config, images.shape[0], device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    method.to(device)
+    if isinstance(images, torch.Tensor):
+        images = images.to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(method), lr=config.lr, betas=config.betas)
+    steps_per_epoch = plan.steps_per_epoch(images.shape[0])
+    total_steps = steps_per_epoch * config.epochs
+    history, step, elapsed_before = _resume_or_start(
+        method, optimizer, config, checkpoints, monitor, on_step, main
+    )
+    model, ddp = _wrapped(method, config, device)
+    inputs = MethodInputs(
+        images, method.input_sampler(), config.crop_scale, config.horizontal_flip_p
+    )
+    method.train()
+    # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
+    progress = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=description,
+        unit="step",
+        mininterval=0.5 if sys.stderr.isatty() else 15.0,
+        disable=not main,
+    )
+    run = _Run(
+        method=method,
+        model=model,
+        ddp=ddp,
+        optimizer=optimizer,
+        config=config,
+        plan=plan,
+        device=device,
+        use_bf16=trains_in_bf16(config.precision, device),
+        main=main,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        history=history,
+        step=step,
+        start=time.perf_counter() - elapsed_before,
+        monitor=monitor,
+        checkpoints=checkpoints,
+        on_step=on_step,
+        progress=progress,
+        description=description,
+    )
+    return run, inputs
+
+
+def _set_schedules(run: _Run) -> tuple[float, float]:
+    """This step's learning rate and weight decay, set on the optimizer."""
+    config = run.config
+    lr = warmup_cosine_schedule(
+        config.start_lr, config.lr, config.final_lr, run.warmup_steps, run.step, run.total_steps
+    )
+    weight_decay = cosine_schedule(*config.weight_decay, run.step, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+        if group["apply_weight_decay"]:
+            group["weight_decay"] = weight_decay
+    return lr, weight_decay
+
+
+def _forward_backward(run: _Run, micro_batches: Iterator[dict[str, torch.Tensor]]) -> float:
+    """The step's gradient summed over its micro-batches; returns the loss averaged
+    over processes."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=run.device)
+    accumulation = run.plan.accumulation_steps
+    for micro in range(accumulation):
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in next(micro_batches).items()}
+        last = micro == accumulation - 1
+        # Gradients are averaged over processes once, after the last micro-batch.
+        with nullcontext() if last or run.ddp is None else run.ddp.no_sync():
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+                loss = run.model(batch) / accumulation
+            loss.backward()
+        loss_sum += loss.detach()
+    return distributed.mean_over_ranks(loss_sum).item()
+
+
+def _monitors(run: _Run, epoch: int) -> dict[str, float]:
+    """The monitors due after this step, computed in the training precision (in bf16
+    they cost a third)."""
+    logged: dict[str, float] = {}
+    if run.monitor is None:
+        return logged
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        if run.monitor.due_at_step(run.step):
+            logged.update(run.monitor.representation(run.method, run.step))
+        epoch_ends = run.step + 1 == (epoch + 1) * run.steps_per_epoch
+        if epoch_ends and run.monitor.due_at_epoch_end(epoch):
+            logged.update(run.monitor.knn_accuracy(run.method))
+    return logged
+
+
+def _record(run: _Run, row: dict) -> None:
+    """History, live log, checkpoint and progress bar after a step."""
+    run.history.append(row)
+    if run.on_step is not None and run.main:
+        run.on_step(row)
+    run.step += 1
+    if run.checkpoints is not None and run.main and run.checkpoints.due(run.step, run.total_steps):
+        run.checkpoints.save(
+            {
+                "step": run.step,
+                "epoch": row["epoch"],
+                "method": run.method.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "history": run.history,
+            }
+        )
+    run.shown.update({k: v for k, v in row.items() if k in _PROGRESS_METRICS})
+    run.progress.update(1)
+    run.progress.set_postfix(
+        epoch=f"{row['epoch'] + 1}/{run.config.epochs}",
+        loss=f"{row['loss']:.4f}",
+        img_s=f"{run.step * run.config.batch_size / row['elapsed_s']:.0f}",
+        **{_PROGRESS_METRICS[k]: f"{v:.3g}" for k, v in run.shown.items()},
+    )
+
+
+def _train_step(run: _Run, epoch: int, micro_batches: Iterator[dict[str, torch.Tensor]]) -> None:
+    lr, weight_decay = _set_schedules(run)
+    _seed_stochastic_layers(run.seed, run.step)
+    loss_value = _forward_backward(run, micro_batches)
+    if not math.isfinite(loss_value):
+        run.progress.close()
+        raise NonFiniteLossError(
+            f"{run.description}: loss is {loss_value} at step {run.step} (epoch {epoch}, "
+            f"lr {lr:.3g}); lower training.lr or set training.grad_clip"
+        )
+    if run.config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.method.parameters(), run.config.grad_clip)
+    run.optimizer.step()
+    logged = run.method.after_optimizer_step(run.step, run.total_steps)
+    elapsed = time.perf_counter() - run.start
+    logged.update(_monitors(run, epoch))
+    row = {
+        "step": run.step,
+        "epoch": epoch,
+        "loss": loss_value,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        **logged,
+        "images_seen": (run.step + 1) * run.config.batch_size,
+        "elapsed_s": elapsed,
+    }
+    _record(run, row)
+
+
 def train(
     method: PretrainingMethod,
     images: torch.Tensor | NormalizedImages,
@@ -119,179 +380,34 @@ def train(
     checkpoint (its history rows are replayed through `on_step` first) and ends with
     the same weights as a run that was never interrupted.
     """
-    device = distributed.training_device(resolve_device(config.device))
-    distributed.ensure_process_group(device)
-    main = distributed.is_main_process()
-    plan = BatchPlan(
-        config.batch_size,
-        distributed.world_size(),
-        distributed.rank(),
-        config.accumulation_steps,
+    run, inputs = _start_run(
+        method, images, config, seed, description, on_step, checkpoints, monitor
     )
-    num_images = images.shape[0]
-    if num_images < config.batch_size:
-        raise ValueError(
-            f"training.batch_size={config.batch_size} exceeds the {num_images} "
-            "training images; lower the batch size"
-        )
-    if config.compile and device.type == "cpu" and not shutil.which("c++"):
-        raise RuntimeError(
-            "training.compile: true on CPU needs a C++ compiler (c++ on PATH) for "
-            "torch.compile's generated kernels; install one (e.g. g++) or set compile: false"
-        )
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    method.to(device)
-    if isinstance(images, torch.Tensor):
-        images = images.to(device)
-    use_bf16 = trains_in_bf16(config.precision, device)
-
-    groups = parameter_groups(method)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-    steps_per_epoch = plan.steps_per_epoch(num_images)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-
-    history: list[dict] = []
-    step, elapsed_before = 0, 0.0
-    resumed = checkpoints.load_latest() if checkpoints and config.resume and main else None
-    resumed = distributed.broadcast_from_main(resumed)
-    if resumed is not None:
-        method.load_state_dict(resumed["method"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        history, step = resumed["history"], resumed["step"]
-        elapsed_before = history[-1]["elapsed_s"] if history else 0.0
-        if monitor is not None:
-            monitor.resume(method, history)
-        for row in history:
-            if on_step is not None and main:
-                on_step(row)
-    elif checkpoints is not None and main:
-        checkpoints.clear()  # from an earlier run: never mix two runs' checkpoints
-
-    model: torch.nn.Module = method
-    ddp = None
-    if distributed.is_running():
-        model = ddp = DistributedDataParallel(
-            method,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-        )
-    if config.compile:
-        model = torch.compile(model)
-    inputs = MethodInputs(
-        images, method.input_sampler(), config.crop_scale, config.horizontal_flip_p
-    )
-    method.train()
-    # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
-    progress = tqdm(
-        total=total_steps,
-        initial=step,
-        desc=description,
-        unit="step",
-        mininterval=0.5 if sys.stderr.isatty() else 15.0,
-        disable=not main,
-    )
-    start = time.perf_counter() - elapsed_before
-    elapsed = elapsed_before
-    shown: dict[str, float] = {}  # the latest monitors, for the progress bar
     # One loader for the whole run: its workers start once, not every epoch.
     micro_batches = method_inputs(
         inputs,
-        plan.remaining_micro_batches(num_images, seed, step, config.epochs),
-        resolve_loader_workers(config.loader_workers, device),
-        pin_memory=device.type == "cuda",
+        run.plan.remaining_micro_batches(images.shape[0], seed, run.step, config.epochs),
+        resolve_loader_workers(config.loader_workers, run.device),
+        pin_memory=run.device.type == "cuda",
     )
-    for epoch in range(step // steps_per_epoch, config.epochs):
-        for _ in range(step, (epoch + 1) * steps_per_epoch):
-            lr = warmup_cosine_schedule(
-                config.start_lr, config.lr, config.final_lr, warmup_steps, step, total_steps
-            )
-            weight_decay = cosine_schedule(*config.weight_decay, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if group["apply_weight_decay"]:
-                    group["weight_decay"] = weight_decay
-
-            _seed_stochastic_layers(seed, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(plan.accumulation_steps):
-                batch = {k: v.to(device, non_blocking=True) for k, v in next(micro_batches).items()}
-                last = micro == plan.accumulation_steps - 1
-                # Gradients are averaged over processes once, after the last micro-batch.
-                with nullcontext() if last or ddp is None else ddp.no_sync():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        loss = model(batch) / plan.accumulation_steps
-                    loss.backward()
-                loss_sum += loss.detach()
-            loss_value = distributed.mean_over_ranks(loss_sum).item()
-            if not math.isfinite(loss_value):
-                progress.close()
-                raise NonFiniteLossError(
-                    f"{description}: loss is {loss_value} at step {step} (epoch {epoch}, "
-                    f"lr {lr:.3g}); lower training.lr or set training.grad_clip"
-                )
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-            optimizer.step()
-            logged = method.after_optimizer_step(step, total_steps)
-
-            elapsed = time.perf_counter() - start
-            # Monitors compute in the training precision: in bf16 they cost a third.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                if monitor is not None and monitor.due_at_step(step):
-                    logged.update(monitor.representation(method, step))
-                if monitor is not None and step + 1 == (epoch + 1) * steps_per_epoch:
-                    if monitor.due_at_epoch_end(epoch):
-                        logged.update(monitor.knn_accuracy(method))
-            monitored = {k: v for k, v in logged.items() if k in _PROGRESS_METRICS}
-            shown.update(monitored)
-            row = {
-                "step": step,
-                "epoch": epoch,
-                "loss": loss_value,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                **logged,
-                "images_seen": (step + 1) * config.batch_size,
-                "elapsed_s": elapsed,
-            }
-            history.append(row)
-            if on_step is not None and main:
-                on_step(row)
-            step += 1
-            if checkpoints is not None and main and checkpoints.due(step, total_steps):
-                checkpoints.save(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "method": method.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "history": history,
-                    }
-                )
-            progress.update(1)
-            progress.set_postfix(
-                epoch=f"{epoch + 1}/{config.epochs}",
-                loss=f"{loss_value:.4f}",
-                img_s=f"{step * config.batch_size / elapsed:.0f}",
-                **{_PROGRESS_METRICS[k]: f"{v:.3g}" for k, v in shown.items()},
-            )
-        if on_epoch_end is not None and main:
+    for epoch in range(run.step // run.steps_per_epoch, config.epochs):
+        while run.step < (epoch + 1) * run.steps_per_epoch:
+            _train_step(run, epoch, micro_batches)
+        if on_epoch_end is not None and run.main:
             on_epoch_end(epoch, method)
             method.train()
-    progress.close()
+    run.progress.close()
     method.eval()
-    if main:
+    if run.main:
+        elapsed = run.history[-1]["elapsed_s"]
         logger.info(
             "%s: %d steps in %.1f s (%.0f images/s) on %d x %s, final loss %.4f",
             description,
-            total_steps,
+            run.total_steps,
             elapsed,
-            total_steps * config.batch_size / elapsed,
-            plan.world_size,
-            device,
-            history[-1]["loss"],
+            run.total_steps * config.batch_size / elapsed,
+            run.plan.world_size,
+            run.device,
+            run.history[-1]["loss"],
         )
-    return pd.DataFrame(history)
+    return pd.DataFrame(run.history)
