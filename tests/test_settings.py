@@ -5,9 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
 from kedro.config import OmegaConfigLoader
 
-from selfsup.settings import CONFIG_LOADER_ARGS, HOOKS
+from selfsup.settings import (
+    BASELINE_NAMESPACES,
+    CONFIG_LOADER_ARGS,
+    HOOKS,
+    PRETRAINED_NAMESPACES,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = {"ijepa": {"training": {"epochs": 1}}}
@@ -80,3 +86,19 @@ def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
     assert params["ijepa"]["training"]["horizontal_flip_p"] == 0.0
     assert params["mae"]["training"]["horizontal_flip_p"] == 0.5
     assert params["simclr"]["hyperparameters"]["augmentations"]["horizontal_flip_p"] == 0.5
+
+
+def test_dvc_stages_loop_over_the_methods_the_pipelines_register():
+    """The method list lives in settings.py and in dvc.yaml's `foreach` lists: a method
+    added to one and not the other would be trained by `kedro run` but not by `dvc
+    repro` (or the reverse)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    methods = list(PRETRAINED_NAMESPACES)
+    baselines = list(BASELINE_NAMESPACES)
+    assert stages["pretrain"]["foreach"] == methods
+    assert stages["features"]["foreach"] == methods
+    assert stages["baseline_features"]["foreach"] == baselines
+    assert stages["evaluate"]["foreach"] == methods + baselines
+    report_inputs = " ".join(str(dep) for dep in stages["report"]["deps"])
+    for name in methods + baselines:
+        assert f"data/07_model_output/{name}/metrics.json" in report_inputs
