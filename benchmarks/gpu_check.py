@@ -153,11 +153,17 @@ def profile_step(size: str, method: str, batch_size: int, device, bf16, out: Pat
     settings = argparse.Namespace(
         batch_size=batch_size, seed=0, flop_steps=1, warmup=2, steps=3, crops=False, compile=False
     )
-    with torch.profiler.profile(activities=activities) as profiler:
+    # verbose: Python source lines are recorded with the events (torch 2.x needs it).
+    stacks = torch._C._profiler._ExperimentalConfig(verbose=True)
+    with torch.profiler.profile(
+        activities=activities, with_stack=True, experimental_config=stacks
+    ) as profiler:
         measure(method, configuration(size, [method]), settings, device, bf16)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     table = profiler.key_averages().table(sort_by=sort, row_limit=25)
-    (out / f"profile_{size}_{method}.txt").write_text(table + "\n")
+    # The same events by the Python lines that issued them: where copies come from.
+    by_line = profiler.key_averages(group_by_stack_n=4).table(sort_by=sort, row_limit=40)
+    (out / f"profile_{size}_{method}.txt").write_text(table + "\n\n" + by_line + "\n")
 
 
 # --- 3: the digits experiment through the core API ----------------------------------------
