@@ -85,7 +85,7 @@ import yaml
 
 # Run as a script, this folder is on sys.path.
 from default_run import cpu_model, write_json
-from defaults_study import merge
+from params import merge
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 # Run as a script, this folder is on sys.path.
 from default_run import cpu_model
-from defaults_study import merge
+from params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("R1", "default", "vit_b16")

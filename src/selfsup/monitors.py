@@ -58,7 +58,8 @@ def normalized_std(features: torch.Tensor | np.ndarray) -> float:
     image-dependent part keep a full centred rank, and only their spread relative to
     their norm shows it. Average-pooled ViT features share a large common direction, so
     sound encoders score well below 1/sqrt(d) (random weights: 0.08 to 0.17 / sqrt(d),
-    BENCHMARKS.md); the collapse rule's default floor is 0.01 / sqrt(d)."""
+    BENCHMARKS.md, "Where the collapse floors sit"); the collapse rule's default floor
+    is 0.01 / sqrt(d)."""
     matrix = _float64_matrix(features)
     return float(torch.nn.functional.normalize(matrix, dim=1).std(dim=0).mean())
 

@@ -26,7 +26,7 @@ def packed_rows(count: int) -> int:
     largest power of two below it (at most 1/16 more), so that batches whose token counts
     differ a little share one shape. Each new shape costs: oneDNN compiles bf16 matrix
     kernels per shape on the CPU, and a step whose shapes changed every time ran at two
-    thirds of the speed of one whose shapes repeated (BENCHMARKS.md, "Step throughput")."""
+    thirds of the speed of one whose shapes repeated (docs/training-speed.md)."""
     step = max(8, 1 << max(count.bit_length() - 5, 0))
     return -(-count // step) * step
 
@@ -174,8 +174,8 @@ def attention(
     `mask` broadcasts to (S, H, Lq, L), True where attending is allowed.
 
     In bf16 on the CPU, torch's fused kernel is several times slower than two batched
-    matrix products for the short sequences used here (BENCHMARKS.md, "Step
-    throughput"), so those are used. The softmax reads and writes bf16 (the scores
+    matrix products for the short sequences used here (docs/training-speed.md), so
+    those are used. The softmax reads and writes bf16 (the scores
     already are, and the weights are cast to bf16 for the product anyway) and
     accumulates in float32 inside.
     """
@@ -191,8 +191,8 @@ def attention(
 
 
 # cuDNN's attention builds a plan for every new sequence length, which costs a step or
-# more each time here, where masks change the lengths every batch (BENCHMARKS.md,
-# "Step throughput"); the flash and memory-efficient kernels need no such plan.
+# more each time here, where masks change the lengths every batch
+# (docs/training-speed.md); the flash and memory-efficient kernels need no such plan.
 _CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 

@@ -38,7 +38,7 @@ def init_weights(module: nn.Module, scheme: str) -> None:
     trunc_normal (I-JEPA's official code, timm's default): linears truncated normal with
     std 0.02; the patch-embedding convolution keeps PyTorch's default. xavier (MAE's
     official code): linears, and the patch-embedding convolution viewed as a linear,
-    xavier-uniform. On small images the larger xavier weights matter (BENCHMARKS.md,
+    xavier-uniform. On small images the larger xavier weights matter (docs/studies.md,
     "Weight initialization").
     """
     if isinstance(module, nn.Linear):
