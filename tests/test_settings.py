@@ -102,3 +102,24 @@ def test_dvc_stages_loop_over_the_methods_the_pipelines_register():
     report_inputs = " ".join(str(dep) for dep in stages["report"]["deps"])
     for name in methods + baselines:
         assert f"data/07_model_output/{name}/metrics.json" in report_inputs
+
+
+def test_one_line_of_the_shared_training_block_changes_every_method(tmp_path):
+    params = loader(tmp_path, None, {})["parameters"]
+    shared = params["_training"]
+    assert {params[m]["training"]["loader_workers"] for m in PRETRAINED_NAMESPACES} == {
+        shared["loader_workers"]
+    }
+    assert params["ijepa"]["training"]["epochs"] == 180  # a method's own value wins
+    assert params["mae"]["training"]["epochs"] == shared["epochs"]
+    assert params["ijepa"]["monitors"]["every_steps"] == 40
+    assert params["simclr"]["monitors"] == params["_monitors"]
+
+    pretraining = tmp_path / "conf" / "base" / "parameters_pretraining.yml"
+    text = pretraining.read_text()
+    assert text.count("  loader_workers: auto") == 1
+    pretraining.write_text(text.replace("  loader_workers: auto", "  loader_workers: 3"))
+    changed = OmegaConfigLoader(str(tmp_path / "conf"), runtime_params={}, **CONFIG_LOADER_ARGS)[
+        "parameters"
+    ]
+    assert [changed[m]["training"]["loader_workers"] for m in PRETRAINED_NAMESPACES] == [3] * 3
