@@ -169,6 +169,18 @@ def _wrapped(
     return model, ddp
 
 
+def _progress_bar(total: int, done: int, description: str, main: bool) -> tqdm:
+    # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=description,
+        unit="step",
+        mininterval=0.5 if sys.stderr.isatty() else 15.0,
+        disable=not main,
+    )
+
+
 def _start_run(
     method: PretrainingMethod,
     images: torch.Tensor | NormalizedImages,
@@ -206,15 +218,6 @@ def _start_run(
         images, method.input_sampler(), config.crop_scale, config.horizontal_flip_p
     )
     method.train()
-    # Redraw often on a terminal; in a log file every redraw is a line, so rarely.
-    progress = tqdm(
-        total=total_steps,
-        initial=step,
-        desc=description,
-        unit="step",
-        mininterval=0.5 if sys.stderr.isatty() else 15.0,
-        disable=not main,
-    )
     run = _Run(
         method=method,
         model=model,
@@ -235,7 +238,7 @@ def _start_run(
         monitor=monitor,
         checkpoints=checkpoints,
         on_step=on_step,
-        progress=progress,
+        progress=_progress_bar(total_steps, step, description, main),
         description=description,
     )
     return run, inputs

@@ -68,65 +68,29 @@ def _load_or_report(
         raise
 
 
-def ingest_images(
-    ingestion: IngestionConfig, masking: MaskingConfig, seed: int
-) -> tuple[np.ndarray | ChunkedImages, pd.DataFrame, dict, dict]:
-    """Images (N, H, W, C) uint8, one row per image (label, class, split, whether it is
-    pretrained on, where it came from), the class index map and every rejected file.
+def _check_eval_source(name: str, source: ImageSet, evaluated: ImageSet) -> None:
+    if not evaluated.labelled:
+        raise ValueError(
+            f"ingestion.eval_source ({name}) has no labels; the probes need a labelled "
+            "evaluation source (e.g. an image_folder with class folders)"
+        )
+    if source.images.shape[1:] != evaluated.images.shape[1:]:
+        raise ValueError(
+            f"ingestion.source gives images of shape {source.images.shape[1:]} but "
+            f"ingestion.eval_source gives {evaluated.images.shape[1:]}; both must match "
+            "(an image_folder source resizes to masking.image_size: set its channels "
+            "option to the other source's channel count)"
+        )
 
-    Sources that decode files resize to `masking.image_size` as they go."""
-    source = _load_or_report(ingestion, "source", ingestion.source, ingestion.options, masking)
-    eval_config = ingestion.eval_source
-    if eval_config is None:
-        if source.labelled:
-            samples = labelled_samples(source, ingestion, seed)
-        else:
-            samples = samples_table(pretraining_only_rows(len(source.labels)), source, True)
-        images, class_names = source.images, source.class_names
-        sources = [("source", ingestion.source, source)]
-    else:
-        evaluated = _load_or_report(
-            ingestion, "eval_source", eval_config.source, eval_config.options, masking
-        )
-        if not evaluated.labelled:
-            raise ValueError(
-                f"ingestion.eval_source ({eval_config.source}) has no labels; the probes "
-                "need a labelled evaluation source (e.g. an image_folder with class folders)"
-            )
-        if source.images.shape[1:] != evaluated.images.shape[1:]:
-            raise ValueError(
-                f"ingestion.source gives images of shape {source.images.shape[1:]} but "
-                f"ingestion.eval_source gives {evaluated.images.shape[1:]}; both must match "
-                "(an image_folder source resizes to masking.image_size: set its channels "
-                "option to the other source's channel count)"
-            )
-        samples = pd.concat(
-            [
-                samples_table(pretraining_only_rows(len(source.labels)), source, True),
-                samples_table(labelled_rows(evaluated, ingestion, seed), evaluated, False),
-            ],
-            ignore_index=True,
-        )
-        images = ConcatenatedImages([source.images, evaluated.images])
-        class_names = evaluated.class_names
-        sources = [
-            ("source", ingestion.source, source),
-            ("eval_source", eval_config.source, evaluated),
-        ]
-    samples.insert(0, "index", np.arange(len(samples)))
+
+def _rejection_report(ingestion: IngestionConfig, sources: list[tuple]) -> dict:
+    """Every source's counts, rejected and ignored files, logged when there are any."""
     rejected = {
         "max_rejected_fraction": ingestion.max_rejected_fraction,
         "sources": [_accounting(key, name, s) for key, name, s in sources],
         "rejected": [{**entry, "source": key} for key, _, s in sources for entry in s.rejected],
         "ignored": [{**entry, "source": key} for key, _, s in sources for entry in s.ignored],
     }
-    logger.info(
-        "ingested %d images of shape %s (%d pretrained on, %d labelled for the probes)",
-        len(samples),
-        tuple(images.shape[1:]),
-        int(samples["pretrain"].sum()),
-        int(samples["split"].isin(SPLITS).sum()),
-    )
     for entry in rejected["sources"]:
         if entry["rejected"] or entry["ignored"]:
             logger.warning(
@@ -137,6 +101,49 @@ def ingest_images(
                 entry["ignored"],
                 REJECTED_FILES,
             )
+    return rejected
+
+
+def ingest_images(
+    ingestion: IngestionConfig, masking: MaskingConfig, seed: int
+) -> tuple[np.ndarray | ChunkedImages, pd.DataFrame, dict, dict]:
+    """Images (N, H, W, C) uint8, one row per image (label, class, split, whether it is
+    pretrained on, where it came from), the class index map and every rejected file.
+
+    Sources that decode files resize to `masking.image_size` as they go."""
+    source = _load_or_report(ingestion, "source", ingestion.source, ingestion.options, masking)
+    eval_config = ingestion.eval_source
+    sources = [("source", ingestion.source, source)]
+    if eval_config is None:
+        if source.labelled:
+            samples = labelled_samples(source, ingestion, seed)
+        else:
+            samples = samples_table(pretraining_only_rows(len(source.labels)), source, True)
+        images, class_names = source.images, source.class_names
+    else:
+        evaluated = _load_or_report(
+            ingestion, "eval_source", eval_config.source, eval_config.options, masking
+        )
+        _check_eval_source(eval_config.source, source, evaluated)
+        samples = pd.concat(
+            [
+                samples_table(pretraining_only_rows(len(source.labels)), source, True),
+                samples_table(labelled_rows(evaluated, ingestion, seed), evaluated, False),
+            ],
+            ignore_index=True,
+        )
+        images = ConcatenatedImages([source.images, evaluated.images])
+        class_names = evaluated.class_names
+        sources.append(("eval_source", eval_config.source, evaluated))
+    samples.insert(0, "index", np.arange(len(samples)))
+    logger.info(
+        "ingested %d images of shape %s (%d pretrained on, %d labelled for the probes)",
+        len(samples),
+        tuple(images.shape[1:]),
+        int(samples["pretrain"].sum()),
+        int(samples["split"].isin(SPLITS).sum()),
+    )
+    rejected = _rejection_report(ingestion, sources)
     return images, samples, {name: i for i, name in enumerate(class_names)}, rejected
 
 
