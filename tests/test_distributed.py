@@ -4,7 +4,6 @@ global batch, and the batch plan that makes them equal."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from selfsup.config import MaskingConfig
 from selfsup.methods import build_method
 from selfsup.training import train
 from tests.helpers import TINY_ENCODER, TINY_PREDICTOR, assert_same_weights, tiny_training
+from tests.project import free_port
 
 MASKING = MaskingConfig(image_size=16, patch_size=4)
 HYPERPARAMETERS = {
@@ -54,12 +54,6 @@ def _rank(rank: int, world_size: int, port: int, out: str, training: dict) -> No
     # Proof the ranks trained as one group, not as two single processes.
     results["group"] = (distributed.rank(), distributed.world_size())
     torch.save(results, Path(out) / f"rank{rank}.pt")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

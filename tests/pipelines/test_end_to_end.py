@@ -15,10 +15,7 @@ include the partial runtime blocks, replace whole base blocks such as `ijepa`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ from selfsup.data.sources import load_source
 from selfsup.evaluation import encoder_features
 from selfsup.models.vit import encoder_from_checkpoint
 from tests.helpers import TINY_RUN, expected_block_dims
+from tests.project import kedro, make_project_copy
 
 # Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
 pytestmark = pytest.mark.slow
@@ -42,49 +40,6 @@ NAMES = (*METHODS, "raw_pixels", "random_init")
 PIPELINES = {"ingestion", "masking", "pretraining", "features", "evaluation", "report"}
 PIPELINES |= {"__default__"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DATA_FOLDERS = (
-    "01_raw",
-    "02_intermediate",
-    "03_primary",
-    "04_feature",
-    "05_model_input",
-    "06_models",
-    "07_model_output",
-    "08_reporting",
-)
-
-
-def make_project_copy(dest: Path) -> Path:
-    shutil.copytree(ROOT / "conf" / "base", dest / "conf" / "base")
-    (dest / "conf" / "local").mkdir()
-    shutil.copy2(ROOT / "conf" / "logging.yml", dest / "conf" / "logging.yml")
-    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    (dest / "src").mkdir()
-    for folder in DATA_FOLDERS:
-        (dest / "data" / folder).mkdir(parents=True)
-    return dest
-
-
-def kedro(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        # Wide enough that rich does not wrap the logged metrics table.
-        "COLUMNS": "250",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "kedro", *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def data_files(project: Path, folder: str = "") -> list[Path]:

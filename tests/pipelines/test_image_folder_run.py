@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from tests.helpers import TINY_RUN
-from tests.pipelines.test_end_to_end import kedro, make_project_copy
+from tests.project import kedro, make_project_copy
 
 # Whole kedro runs in subprocesses: the slow tier.
 pytestmark = pytest.mark.slow

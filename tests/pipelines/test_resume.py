@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tests.helpers import TINY_RUN, pretraining_run
-from tests.pipelines.test_end_to_end import kedro, make_project_copy
+from tests.project import kedro, make_project_copy
 
 # Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
 pytestmark = pytest.mark.slow

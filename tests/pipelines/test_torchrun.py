@@ -14,8 +14,7 @@ import torch
 import yaml
 
 from tests.helpers import TINY_RUN, assert_same_weights, pretraining_run
-from tests.pipelines.test_end_to_end import kedro, make_project_copy
-from tests.test_distributed import free_port
+from tests.project import free_port, kedro, make_project_copy
 
 # Whole kedro / dvc / torchrun runs in subprocesses: the slow tier.
 pytestmark = pytest.mark.slow
