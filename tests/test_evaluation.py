@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +89,10 @@ def test_select_c_and_score_matches_independent_fits():
     part = {s: (features[split == s], labels[split == s]) for s in ("train", "val", "test")}
     config = EvaluationConfig(c_grid=[0.001, 0.1, 10.0], max_iter=500)
     result = select_c_and_score(part["train"], part["val"], part["test"], config)
-    fits = {c: LogisticRegression(C=c, max_iter=500).fit(*part["train"]) for c in config.c_grid}
+    fits = {
+        c: LogisticRegression(C=c, max_iter=500, tol=config.tol).fit(*part["train"])
+        for c in config.c_grid
+    }
     val_scores = {c: model.score(*part["val"]) for c, model in fits.items()}
     best_c = max(config.c_grid, key=lambda c: (val_scores[c], -config.c_grid.index(c)))
     assert result["C"] == best_c
@@ -215,7 +225,7 @@ def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 4
     with threadpool_limits(limits=2, user_api="blas"):
-        evaluation.fit_logistic(x, y, 1.0, 50)
+        evaluation.fit_logistic(x, y, 1.0, 50, 1e-8)
     assert seen and set(seen) == {1}
 
 
@@ -240,7 +250,10 @@ def test_every_protocol_standardizes_with_the_train_split_only():
     part = {s: (x[split == s], labels[split == s]) for s in ("train", "val", "test")}
 
     def probe(train_x, train_y):
-        fits = [LogisticRegression(C=c, max_iter=300).fit(train_x, train_y) for c in config.c_grid]
+        fits = [
+            LogisticRegression(C=c, max_iter=300, tol=config.tol).fit(train_x, train_y)
+            for c in config.c_grid
+        ]
         val = [fit.score(*part["val"]) for fit in fits]
         return fits[int(np.argmax(val))].score(*part["test"])  # first best C on ties
 
@@ -276,3 +289,66 @@ def test_too_few_train_images_for_the_largest_shot_count_names_the_class_and_par
     with pytest.raises(ValueError, match=r"class 1 has 4 train images.*shots=5"):
         evaluation.check_enough_labels(labels, splits, config)
     evaluation.check_enough_labels(labels, splits, EvaluationConfig(low_shot={"shots": [1, 4]}))
+
+
+_PROBE_ON_DIGITS = """
+import json
+import numpy as np
+from sklearn.datasets import load_digits
+from selfsup.config import EvaluationConfig
+from selfsup.evaluation import evaluate_features
+x, y = load_digits(return_X_y=True)
+split = np.array(["train", "val", "test"])[np.arange(len(y)) % 3]
+config = EvaluationConfig(c_grid=[0.001, 0.01, 0.1, 1.0, 10.0], low_shot={"shots": [1, 5, 10]})
+print(json.dumps(evaluate_features(x.astype(np.float32), y, split, config, seed=0)))
+"""
+
+
+def _cpu_has(*flags: str) -> bool:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    words = set(cpuinfo.split())
+    return all(flag in words for flag in flags)
+
+
+def _blas_is_openblas() -> bool:
+    return any(i.get("internal_api") == "openblas" for i in threadpool_info())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not _cpu_has("avx2", "fma") or not _blas_is_openblas(),
+    reason="switches OpenBLAS between x86 kernels with OPENBLAS_CORETYPE",
+)
+def test_probes_give_the_same_numbers_with_another_processors_blas_kernel():
+    """OpenBLAS picks its kernel by processor (SSE on old CPUs, AVX2 with FMA on newer
+    ones), and the kernels round differently. The same features must give the same
+    metrics either way: fits in float32 to scikit-learn's default tolerance moved the
+    1-shot mean here."""
+    metrics = {}
+    for kernel in ("Nehalem", "Haswell"):
+        env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "OPENBLAS_VERBOSE": "2"}
+        done = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", _PROBE_ON_DIGITS],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert f"Core: {kernel}" in done.stdout + done.stderr  # the kernel really switched
+        metrics[kernel] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metrics["Nehalem"] == metrics["Haswell"]
+
+
+def test_a_probe_stopped_at_max_iter_is_reported_with_the_setting_to_raise(caplog):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 8)).astype(np.float32), np.arange(60) % 3
+    with caplog.at_level("WARNING", logger="selfsup.evaluation"):
+        evaluation.fit_logistic(x, y, 10.0, 10, 1e-8)
+    assert "evaluation.max_iter=10" in caplog.text and "60 train images" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfsup.evaluation"):
+        evaluation.fit_logistic(x, y, 10.0, 2000, 1e-8)
+    assert caplog.text == ""
