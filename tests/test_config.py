@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from selfsup.config import (
     SplitConfig,
     TrainingConfig,
 )
+from selfsup.data import sources
+from selfsup.data.image_folder import ImageFolderOptions
+from selfsup.methods import build_method
 
 CONF_BASE = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -173,3 +177,51 @@ def test_models_are_frozen():
     config = MaskingConfig()
     with pytest.raises(ValidationError):
         config.image_size = 64  # type: ignore[misc]
+
+
+def test_method_hyperparameters_are_validated_once_into_the_methods_model():
+    """The mapping from the YAML becomes the method's own model when the parameters are
+    read; building the method uses that object as it is, without validating again."""
+    pretraining = PretrainingConfig(method="ijepa", hyperparameters={"loss": "smooth_l1"})
+    assert isinstance(pretraining.hyperparameters, IJEPAConfig)
+    assert pretraining.hyperparameters.loss == "smooth_l1"
+    masking = MaskingConfig()
+    method = build_method(
+        pretraining.method, pretraining.hyperparameters, EncoderConfig(), masking, 1
+    )
+    assert method.config is pretraining.hyperparameters
+    assert PretrainingConfig(**pretraining.model_dump()) == pretraining
+
+
+@pytest.mark.parametrize(
+    ("ingestion", "named"),
+    [
+        ({"source": "image_folder", "options": {}}, "ingestion.options.path: Field required"),
+        ({"source": "image_folder", "options": {"path": "p", "channels": 2}}, "options.channels"),
+        ({"source": "digits", "options": {"x": 1}}, "digits source takes no ingestion.options"),
+        ({"source": "cifar", "options": {"path": "p", "label_mode": "x"}}, "options.label_mode"),
+        (
+            {"eval_source": {"source": "arrays", "options": {"path": "a.npz", "extra": 1}}},
+            "ingestion.eval_source.options.extra",
+        ),
+        ({"source": "nope"}, "unknown source 'nope' in ingestion.source"),
+        ({"eval_source": {"source": "nope"}}, "unknown source 'nope' in ingestion.eval_source"),
+    ],
+)
+def test_source_options_are_checked_with_the_parameters_naming_the_key(ingestion, named):
+    """A source's options fail when the parameters are read, before any node runs."""
+    with pytest.raises(ValidationError, match=re.escape(named)):
+        IngestionConfig(**ingestion)
+
+
+def test_source_options_are_validated_once(monkeypatch):
+    """The reader gets the options model built when the parameters were read."""
+    ingestion = IngestionConfig(source="image_folder", options={"path": "photos", "channels": 1})
+    assert isinstance(ingestion.options, ImageFolderOptions)
+    received = []
+    monkeypatch.setitem(
+        sources.SOURCES, "image_folder", lambda options, size: received.append(options)
+    )
+    sources.load_source(ingestion.source, ingestion.options, 16)
+    assert received == [ingestion.options] and received[0] is ingestion.options
+    assert IngestionConfig(**ingestion.model_dump()) == ingestion

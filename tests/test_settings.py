@@ -8,6 +8,9 @@ from pathlib import Path
 import yaml
 from kedro.config import OmegaConfigLoader
 
+from selfsup.config import EncoderConfig, IngestionConfig, MaskingConfig, PretrainingConfig
+from selfsup.masks import build_mask_sampler
+from selfsup.methods import build_method
 from selfsup.settings import (
     BASELINE_NAMESPACES,
     CONFIG_LOADER_ARGS,
@@ -55,9 +58,6 @@ def test_partial_local_block_overrides_only_its_keys(tmp_path):
 def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
     """`kedro run --env vit_b16`: every block validates, multi-block masks are feasible on
     the 14x14 grid, and each method builds a ViT-B/16 (about 86M encoder parameters)."""
-    from selfsup.config import EncoderConfig, IngestionConfig, MaskingConfig, PretrainingConfig
-    from selfsup.masks import build_mask_sampler
-    from selfsup.methods import build_method
 
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf" / "base", conf / "base")

@@ -8,6 +8,17 @@ import time
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
+
+from selfsup import distributed
+from selfsup.config import EncoderConfig, EvaluationConfig, FeatureConfig, MaskingConfig
+from selfsup.data.splits import evaluated_rows
+from selfsup.evaluation import (
+    NoLabelledImagesError,
+    check_enough_labels,
+    check_pooling,
+    no_labels_message,
+)
 
 try:
     import fcntl
@@ -40,8 +51,6 @@ class DistributedHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
-        from selfsup import distributed
-
         if not distributed.launched_with_torchrun():
             return
         others = sorted(
@@ -56,8 +65,6 @@ class DistributedHooks:
                 "--pipelines features,evaluation,report` (README, 'Several GPUs')"
             )
         if not distributed.is_main_process():
-            from kedro.io import MemoryDataset
-
             # Rank 0 writes the encoders, histories and plots; the others keep theirs
             # in memory, where their own plotting node still finds them.
             for name in pipeline.all_outputs():
@@ -72,9 +79,6 @@ def _as_config(catalog, name: str, config_class):
 def check_read_out(catalog) -> None:
     """The features' read-out must fit the encoder the run builds: raised before any
     node runs, not after pretraining."""
-    from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
-    from selfsup.evaluation import check_pooling
-
     features = _as_config(catalog, "features", FeatureConfig)
     encoder = _as_config(catalog, "encoder", EncoderConfig)
     masking = _as_config(catalog, "masking", MaskingConfig)
@@ -108,7 +112,9 @@ class ReportHooks:
         )
         if not missing:
             return
-        from kedro.framework.project import pipelines
+        # Imported here: importing kedro.framework.project configures Kedro's logging,
+        # which importing these hooks outside a run must not do.
+        from kedro.framework.project import pipelines  # noqa: PLC0415
 
         producers = sorted(
             name
@@ -126,11 +132,6 @@ class ReportHooks:
         # Right after ingestion, not after hours of pretraining, when the probes would
         # find no labels or too few per class.
         if node.name == "check_rejected_files" and self._probes_in_run:
-            from selfsup.config import EvaluationConfig
-            from selfsup.data.splits import evaluated_rows
-            from selfsup.evaluation import check_enough_labels
-            from selfsup.pipelines.features.nodes import NoLabelledImagesError, no_labels_message
-
             samples = outputs["samples"]
             labelled = samples[evaluated_rows(samples)]
             if labelled.empty:
@@ -161,8 +162,6 @@ class RunLockHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
-        from selfsup import distributed
-
         # A run stopped by another hook before it started never reached
         # after_pipeline_run: drop its lock (this process's) first.
         self._release()

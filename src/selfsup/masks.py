@@ -9,12 +9,115 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from selfsup.config import BlockMaskConfig, MaskingConfig, MultiBlockConfig, RandomMaskConfig
+from selfsup.params import FloatRange, StrictModel, check_range
 from selfsup.randomness import SampleDraws
+
+
+class MultiBlockConfig(StrictModel):
+    """I-JEPA multi-block masking; defaults are the paper's (Assran et al., 2023)."""
+
+    num_targets: int = Field(4, ge=1, le=16)
+    target_scale: FloatRange = (0.15, 0.2)
+    target_aspect_ratio: FloatRange = (0.75, 1.5)
+    context_scale: FloatRange = (0.85, 1.0)
+    context_aspect_ratio: FloatRange = (1.0, 1.0)
+    min_keep: int = Field(4, ge=1)
+    max_tries: int = Field(100, ge=1)
+    # per_image: every context keeps its own patches; batch_min: each context is
+    # subsampled at random to the shortest of its batch (selfsup.masks).
+    context_length: Literal["per_image", "batch_min"] = "per_image"
+
+    @field_validator("target_scale", "context_scale")
+    @classmethod
+    def _scale_in_unit_interval(cls, value: FloatRange, info) -> FloatRange:
+        return check_range(f"multiblock.{info.field_name}", value, 0.0, 1.0)
+
+    @field_validator("target_aspect_ratio", "context_aspect_ratio")
+    @classmethod
+    def _positive_aspect_ratio(cls, value: FloatRange, info) -> FloatRange:
+        return check_range(f"multiblock.{info.field_name}", value, 0.0, math.inf, high_open=True)
+
+
+class BlockMaskConfig(StrictModel):
+    """The paper's `block` ablation: one target block (average 0.6 of the image),
+    context = its complement."""
+
+    target_scale: FloatRange = (0.6, 0.6)
+    target_aspect_ratio: FloatRange = (0.75, 1.5)
+
+    @field_validator("target_scale")
+    @classmethod
+    def _scale_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        return check_range("block.target_scale", value, 0.0, 1.0)
+
+    @field_validator("target_aspect_ratio")
+    @classmethod
+    def _positive_aspect_ratio(cls, value: FloatRange) -> FloatRange:
+        return check_range("block.target_aspect_ratio", value, 0.0, math.inf, high_open=True)
+
+
+class RandomMaskConfig(StrictModel):
+    """The paper's `random` ablation: this fraction of patches, drawn at random, is the
+    target; the rest is the context."""
+
+    target_ratio: float = Field(0.6, gt=0, lt=1)
+
+
+MaskingStrategy = Literal["multiblock", "rasterized", "block", "random"]
+
+
+class MaskingConfig(StrictModel):
+    """Image size, patch grid and the I-JEPA mask sampler.
+
+    `strategy` selects the sampler; each strategy reads only its own block
+    (`multiblock`, `block`, `random`; `rasterized` has no parameters).
+    """
+
+    image_size: int = Field(32, ge=1)
+    patch_size: int = Field(4, ge=1)
+    strategy: MaskingStrategy = "multiblock"
+    multiblock: MultiBlockConfig = MultiBlockConfig()
+    block: BlockMaskConfig = BlockMaskConfig()
+    random: RandomMaskConfig = RandomMaskConfig()
+    preview_images: int = Field(6, ge=1, le=32)
+    stats_num_masks: int = Field(2000, ge=1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @model_validator(mode="after")
+    def _grid_and_masks_are_feasible(self) -> MaskingConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"masking.image_size={self.image_size} is not divisible by "
+                f"masking.patch_size={self.patch_size}; pick sizes such that "
+                "image_size % patch_size == 0"
+            )
+        if self.grid_size < 2:
+            raise ValueError(
+                f"masking.image_size / masking.patch_size = {self.grid_size}: the patch "
+                "grid needs at least 2x2 patches (8x8 or more recommended)"
+            )
+        if self.strategy == "multiblock" and self.multiblock.min_keep >= self.num_patches:
+            raise ValueError(
+                f"masking.multiblock.min_keep={self.multiblock.min_keep} must be below the "
+                f"number of patches ({self.num_patches})"
+            )
+        try:
+            build_mask_sampler(self).check_feasible()
+        except MaskSamplingError as error:
+            raise ValueError(str(error)) from None
+        return self
 
 
 class MaskSamplingError(ValueError):

@@ -12,16 +12,46 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 
-from selfsup.config import MonitorConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import evaluated_rows, pretraining_rows
 from selfsup.evaluation import encoder_features, knn_protocol
 from selfsup.methods.base import PretrainingMethod
+from selfsup.params import StrictModel
+
+
+class CollapseConfig(StrictModel):
+    """When the monitors call a representation collapsed: RankMe below `rankme_fraction`
+    of the feature dimension, or the normalized feature std below `std_fraction` /
+    sqrt(dimension), for `patience` checks in a row; then warn or stop the run."""
+
+    rankme_fraction: float = Field(0.03, ge=0, le=1)
+    std_fraction: float = Field(0.01, ge=0)
+    patience: int = Field(3, ge=1)
+    on_collapse: Literal["warn", "stop"] = "warn"
+
+
+class MonitorConfig(StrictModel):
+    """Representation monitors during pretraining (`selfsup.monitors`)."""
+
+    # RankMe, normalized std (and I-JEPA's prediction cosine) on a held-out batch every
+    # this many steps (null: never).
+    every_steps: int | None = Field(20, ge=1)
+    held_out_images: int = Field(256, ge=2)
+    # kNN accuracy on the val split every this many epochs (null: never), with the
+    # evaluation pipeline's protocol; the train split is subsampled to at most
+    # knn_max_train_images.
+    knn_every_epochs: int | None = Field(5, ge=1)
+    knn_k: int = Field(20, ge=1)
+    knn_max_train_images: int = Field(10000, ge=1)
+    collapse: CollapseConfig = CollapseConfig()
+
 
 logger = logging.getLogger(__name__)
 

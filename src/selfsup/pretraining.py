@@ -5,19 +5,56 @@ other machines can run exactly what the pipeline runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, SerializeAsAny, ValidationError, model_validator
 
 from selfsup.checkpoints import TrainingCheckpoints
-from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import pretraining_rows
-from selfsup.methods import build_method
-from selfsup.models.vit import encoder_checkpoint
-from selfsup.monitors import build_monitor
-from selfsup.training import train
+from selfsup.masks import MaskingConfig
+from selfsup.methods import METHODS, build_method
+from selfsup.models.vit import EncoderConfig, encoder_checkpoint
+from selfsup.monitors import MonitorConfig, build_monitor
+from selfsup.params import StrictModel
+from selfsup.training import TrainingConfig, train
+
+
+class PretrainingConfig(StrictModel):
+    """One pretraining run: which method, its hyperparameters and the training recipe.
+
+    `hyperparameters` arrives as a mapping and is validated once, into the method's own
+    parameter model (`selfsup.methods.METHODS[method].config_class`), so a new method
+    brings its parameters without changes here.
+    """
+
+    method: str
+    hyperparameters: SerializeAsAny[BaseModel]
+    training: TrainingConfig = TrainingConfig()
+    monitors: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_hyperparameters(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        config_class = METHODS[method].config_class
+        given = data.get("hyperparameters") or {}
+        if isinstance(given, config_class):
+            return data
+        if isinstance(given, BaseModel):
+            given = given.model_dump()
+        try:
+            hyperparameters = config_class.model_validate(given)
+        except ValidationError as error:
+            raise ValueError(f"{method} hyperparameters: {error}") from None
+        return {**data, "hyperparameters": hyperparameters}
 
 
 def pretrain_encoder(

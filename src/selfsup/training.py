@@ -10,22 +10,92 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from selfsup import distributed
 from selfsup.batches import BatchPlan, MethodInputs, method_inputs
 from selfsup.checkpoints import TrainingCheckpoints
-from selfsup.config import TrainingConfig
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.methods.base import PretrainingMethod
 from selfsup.monitors import TrainingMonitor
+from selfsup.params import FloatRange, StrictModel, check_range
 from selfsup.precision import trains_in_bf16
 from selfsup.schedules import cosine_schedule, warmup_cosine_schedule
+
+
+class TrainingConfig(StrictModel):
+    """Optimizer and schedules, identical in form for every method."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix instructions
+    # (AMX, AVX512-BF16), fp32 elsewhere (selfsup.precision).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    start_lr: float = Field(1e-4, ge=0)
+    final_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(2, ge=0)
+    weight_decay: FloatRange = (0.04, 0.4)
+    betas: FloatRange = (0.9, 0.999)
+    grad_clip: float | None = Field(None, gt=0)
+    crop_scale: FloatRange | None = None
+    # Mirror each training image left to right with this probability, after the crop
+    # (MAE's recipe on photos: 0.5; I-JEPA's: none).
+    horizontal_flip_p: float = Field(0.0, ge=0, le=1)
+    num_threads: int | None = Field(None, ge=1)
+    # DataLoader processes that read, normalize, crop and mask batches ahead of the
+    # step (0: the training process does it between steps; auto: 4 on CUDA, where the
+    # GPU would otherwise wait for them, 0 on CPU, where they would compete with the
+    # step for cores); results do not depend on it.
+    loader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    # Micro-batches per process and step: the gradient of batch_size images is summed
+    # from accumulation_steps smaller forward/backward passes (less memory, same
+    # result; SimCLR's negatives then come from one micro-batch, not the whole batch).
+    accumulation_steps: int = Field(1, ge=1)
+    # torch.compile the training step's model (faster on GPU after a compile of about
+    # a minute; needs a C++ compiler on CPU).
+    compile: bool = False
+    # A checkpoint every this many steps (and always one at the end); the last
+    # `keep_checkpoints` are kept. `resume: true` continues from the newest one.
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = False
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative_decay(cls, value: FloatRange) -> FloatRange:
+        if min(value) < 0:
+            raise ValueError(f"training.weight_decay={list(value)} must be >= 0")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"training.betas={list(value)} must lie in [0, 1)")
+        return value
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_in_unit_interval(cls, value: FloatRange | None) -> FloatRange | None:
+        return None if value is None else check_range("training.crop_scale", value, 0, 1)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"training.warmup_epochs={self.warmup_epochs} exceeds training.epochs={self.epochs}"
+            )
+        return self
+
 
 logger = logging.getLogger(__name__)
 

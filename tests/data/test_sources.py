@@ -34,7 +34,7 @@ def test_digits_pixels_are_sklearn_values_scaled_to_0_255(digits):
 
 def test_digits_takes_no_options():
     with pytest.raises(ValueError, match="no ingestion.options"):
-        load_digits({"root": "/tmp"})
+        load_source("digits", {"root": "/tmp"})
 
 
 def test_unknown_source_is_named():

@@ -20,6 +20,7 @@ from selfsup.config import (
 from selfsup.data.preprocessing import to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
+from selfsup.pipelines.consistency import MixedRunsError
 from selfsup.pipelines.evaluation.nodes import evaluate
 from selfsup.pipelines.features.nodes import random_init_features, raw_pixel_features
 from selfsup.pipelines.ingestion.nodes import ingest_images, report_dataset
@@ -29,7 +30,7 @@ from selfsup.pipelines.masking.nodes import (
     mask_preview,
     mask_statistics,
 )
-from selfsup.pipelines.pretraining.nodes import _run_identity
+from selfsup.pipelines.pretraining.nodes import _run_identity, pretrain
 
 ENCODER = EncoderConfig(embed_dim=16, depth=1, num_heads=2)
 MASKING = MaskingConfig(image_size=16, patch_size=2)
@@ -258,8 +259,6 @@ def test_evaluation_refuses_features_that_do_not_match_the_labelled_images(small
 def test_inputs_of_two_runs_are_refused_before_any_work():
     """A run stopped between saving images.npy and samples.csv leaves a 311-row array
     beside a 180-row table: every consumer of both stops and names the two files."""
-    from selfsup.pipelines.consistency import MixedRunsError
-    from selfsup.pipelines.pretraining.nodes import pretrain
 
     images = np.zeros((311, 8, 8, 1), dtype=np.uint8)
     samples = pd.DataFrame(

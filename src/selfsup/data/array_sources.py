@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from selfsup.config import StrictModel
 from selfsup.data.chunked import rows_per_chunk
 from selfsup.data.image_set import UNLABELLED, ImageSet
+from selfsup.params import StrictModel
 
 
 class ArraysOptions(StrictModel):
@@ -36,16 +36,6 @@ class CifarOptions(StrictModel):
     path: str
     label_mode: Literal["fine", "coarse"] = "fine"  # CIFAR-100 only
     batches: list[str] | None = Field(None, min_length=1)  # default: every batch present
-
-
-def parse_options(model: type[StrictModel], source: str, options: dict) -> Any:
-    try:
-        return model(**options)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"ingestion.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
-        )
-        raise ValueError(f"the {source} source: {problems}") from None
 
 
 def as_uint8_images(images: np.ndarray, path: Path) -> np.ndarray:
@@ -148,10 +138,9 @@ def npz_member(archive: np.lib.npyio.NpzFile, key: str, option: str, path: Path)
         raise unreadable(path, error) from None
 
 
-def load_arrays(options: dict, image_size: int | None = None) -> ImageSet:
+def load_arrays(config: ArraysOptions, image_size: int | None = None) -> ImageSet:
     """Images from one `.npz` (named arrays) or an `.npy`, with optional labels (an
     array in the `.npz` or a labels `.npy`). A uint8 `.npy` is memory-mapped, not read."""
-    config: ArraysOptions = parse_options(ArraysOptions, "arrays", options)
     path = Path(config.path)
     if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: the arrays source reads .npy or .npz files")
@@ -260,10 +249,9 @@ CIFAR_LAYOUTS = {
 }
 
 
-def load_cifar(options: dict, image_size: int | None = None) -> ImageSet:
+def load_cifar(config: CifarOptions, image_size: int | None = None) -> ImageSet:
     """CIFAR-10 or CIFAR-100 from the "python version" folder (train and test batches
     together: the pipeline makes its own split)."""
-    config: CifarOptions = parse_options(CifarOptions, "cifar", options)
     root = Path(config.path)
     if not root.is_dir():
         raise FileNotFoundError(

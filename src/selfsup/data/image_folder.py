@@ -25,11 +25,10 @@ import numpy as np
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from selfsup.config import StrictModel
-from selfsup.data.array_sources import parse_options
 from selfsup.data.chunked import StagingArray
 from selfsup.data.decode import DecodeSettings, decode_file
 from selfsup.data.image_set import ImageSet
+from selfsup.params import StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +221,7 @@ def summarize_rejections(rejected: list[dict], shown: int = 5) -> str:
     return "; ".join(lines) + more
 
 
-def load_image_folder(options: dict, image_size: int) -> ImageSet:
-    config: ImageFolderOptions = parse_options(ImageFolderOptions, "image_folder", options)
+def load_image_folder(config: ImageFolderOptions, image_size: int) -> ImageSet:
     root = Path(config.path)
     scan = scan_folder(root, config.labels)
     root = root.resolve()

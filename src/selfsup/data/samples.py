@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from selfsup.config import IngestionConfig
 from selfsup.data.image_set import UNLABELLED, ImageSet
+from selfsup.data.sources import IngestionConfig
 from selfsup.data.splits import PRETRAIN, stratified_split
 
 

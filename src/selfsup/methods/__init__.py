@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from selfsup.config import EncoderConfig, MaskingConfig
+from selfsup.masks import MaskingConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.ijepa import IJEPA
 from selfsup.methods.mae import MAE
 from selfsup.methods.simclr import SimCLR
 from selfsup.models import build_encoder
+from selfsup.models.vit import EncoderConfig
 
 METHODS: dict[str, type[PretrainingMethod]] = {}
 

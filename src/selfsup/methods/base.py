@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from selfsup.config import MaskingConfig
+from selfsup.masks import MaskingConfig
 from selfsup.models import VisionTransformerEncoder
 from selfsup.randomness import SampleDraws
 

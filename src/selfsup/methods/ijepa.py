@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 
-from selfsup.config import IJEPAConfig
 from selfsup.masks import MaskBatch, MaskSampler, build_mask_sampler, sample_masks
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import Predictor, VisionTransformerEncoder
+from selfsup.models.predictor import PredictorConfig
 from selfsup.models.tokens import GatheredQueries, TokenLayout
+from selfsup.params import FloatRange, StrictModel, check_range
 from selfsup.randomness import SampleDraws
 from selfsup.schedules import linear_schedule
+
+
+class IJEPAConfig(StrictModel):
+    """Method-specific I-JEPA parameters (masking is shared, in `masking`)."""
+
+    predictor: PredictorConfig = PredictorConfig()
+    loss: Literal["l2", "smooth_l1"] = "l2"
+    ema_momentum: FloatRange = (0.996, 1.0)
+
+    @field_validator("ema_momentum")
+    @classmethod
+    def _momentum_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        return check_range("hyperparameters.ema_momentum", value, 0.0, 1.0)
 
 
 def prediction_loss(predictions: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:

@@ -8,14 +8,37 @@ from functools import partial
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from selfsup.config import MAEConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.tokens import TokenBlock, TokenLayout
 from selfsup.models.vit import LayerNorm, gather_tokens, init_weights, sincos_positions
+from selfsup.params import StrictModel, check_width
 from selfsup.randomness import SampleDraws
+
+
+class DecoderConfig(StrictModel):
+    """The MAE decoder (paper: width 512, depth 8, 16 heads for ViT-L, whose encoder is
+    1024 wide and 24 deep); its ablation finds deeper decoders give better linear probes."""
+
+    embed_dim: int = Field(128, ge=4)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> DecoderConfig:
+        check_width("decoder", self.embed_dim, self.num_heads)
+        return self
+
+
+class MAEConfig(StrictModel):
+    """Method-specific MAE parameters; the paper's defaults."""
+
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    norm_pix_loss: bool = True
+    decoder: DecoderConfig = DecoderConfig()
 
 
 def random_masking(

@@ -2,21 +2,70 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from timm.layers import Mlp
 from torch import nn
 from torchvision.transforms import v2
 
 from selfsup import distributed
-from selfsup.config import SimCLRAugmentationConfig, SimCLRConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import init_weights
+from selfsup.params import FloatRange, StrictModel, check_range
 from selfsup.randomness import SampleDraws, seeded_torch_draws
+
+
+class ProjectionHeadConfig(StrictModel):
+    """SimCLR's projection head g: a 2-layer MLP with ReLU (the paper's v1 head)."""
+
+    hidden_dim: int = Field(512, ge=1)
+    out_dim: int = Field(128, ge=1)
+
+
+class ColourJitterConfig(StrictModel):
+    """torchvision ColorJitter with the paper's strength parametrization: brightness,
+    contrast, saturation 0.8*s and hue 0.2*s, applied with probability p. On
+    single-channel images only brightness and contrast apply."""
+
+    strength: float = Field(0.5, ge=0)
+    p: float = Field(0.8, ge=0, le=1)
+
+
+class SimCLRAugmentationConfig(StrictModel):
+    """Per-view augmentations (torchvision v2), each configurable; paper defaults except
+    blur, which is off for small images as in the paper's CIFAR-10 setup."""
+
+    crop_scale: FloatRange = (0.08, 1.0)
+    crop_ratio: FloatRange = (0.75, 4 / 3)
+    horizontal_flip_p: float = Field(0.5, ge=0, le=1)
+    colour_jitter: ColourJitterConfig = ColourJitterConfig()
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    blur_sigma: FloatRange = (0.1, 2.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        return check_range("augmentations.crop_scale", value, 0.0, 1.0)
+
+    @field_validator("crop_ratio", "blur_sigma")
+    @classmethod
+    def _positive_range(cls, value: FloatRange, info) -> FloatRange:
+        return check_range(f"augmentations.{info.field_name}", value, 0.0, math.inf, high_open=True)
+
+
+class SimCLRConfig(StrictModel):
+    """Method-specific SimCLR parameters."""
+
+    temperature: float = Field(0.2, gt=0)
+    projection_head: ProjectionHeadConfig = ProjectionHeadConfig()
+    augmentations: SimCLRAugmentationConfig = SimCLRAugmentationConfig()
 
 
 # Runs eagerly under torch.compile: Triton 3.6 (torch 2.11) failed to compile the fused

@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from timm.layers import trunc_normal_
 from torch import nn
 
 from selfsup.models.tokens import TailQueries, TokenBlock, TokenLayout
 from selfsup.models.vit import LayerNorm, init_weights, sincos_positions
+from selfsup.params import StrictModel, check_width
+
+
+class PredictorConfig(StrictModel):
+    """The narrow I-JEPA predictor (paper: width 384 for ViT-B/L/H)."""
+
+    embed_dim: int = Field(96, ge=4)
+    depth: int = Field(3, ge=1)
+    num_heads: int = Field(3, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    # per_block (the paper): the context repeated once per target block; shared: the
+    # context once, each block's queries attending to it and their own block
+    # (selfsup.models.predictor).
+    context: Literal["per_block", "shared"] = "per_block"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> PredictorConfig:
+        check_width("predictor", self.embed_dim, self.num_heads)
+        return self
+
 
 # How the target blocks of one image share its context (PredictorConfig.context).
 PER_BLOCK = "per_block"

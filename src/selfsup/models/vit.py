@@ -8,13 +8,33 @@ assembled here from timm's `PatchEmbed`, `Block` and 2-D sin-cos embedding.
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed, trunc_normal_
 from torch import nn
 
-from selfsup.config import EncoderConfig
 from selfsup.models.tokens import Queries, TokenBlock, TokenLayout
+from selfsup.params import StrictModel, check_width
+
+
+class EncoderConfig(StrictModel):
+    """ViT encoder shared by every method so comparisons are fair."""
+
+    embed_dim: int = Field(192, ge=4)
+    depth: int = Field(6, ge=1)
+    num_heads: int = Field(3, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    # xavier: MAE's official code; trunc_normal: I-JEPA's (selfsup.models.vit.init_weights).
+    weight_init: Literal["xavier", "trunc_normal"] = "xavier"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> EncoderConfig:
+        check_width("encoder", self.embed_dim, self.num_heads)
+        return self
+
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 

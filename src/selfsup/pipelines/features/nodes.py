@@ -11,23 +11,11 @@ from selfsup.config import EncoderConfig, FeatureConfig, MaskingConfig
 from selfsup.data.chunked import rows_per_chunk
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.data.splits import evaluated_rows
-from selfsup.evaluation import encoder_features
+from selfsup.evaluation import NoLabelledImagesError, encoder_features, no_labels_message
 from selfsup.models import build_encoder
 from selfsup.models.vit import encoder_from_checkpoint
 from selfsup.pipelines.consistency import check_rows_match
 from selfsup.training import resolve_device
-
-
-class NoLabelledImagesError(ValueError):
-    """Features and probes need labelled images and the ingested set has none."""
-
-
-def no_labels_message() -> str:
-    return (
-        "the ingested images are unlabelled, so there is nothing to probe: set "
-        "ingestion.eval_source to a labelled source, or pretrain only with "
-        "`kedro run --pipelines ingestion,masking,pretraining`"
-    )
 
 
 def evaluated_images(

@@ -102,7 +102,7 @@ _RESUMABLE_ACROSS = {
 # Masking settings that only shape the reports (mask statistics, preview), not training.
 _REPORT_ONLY_MASKING = {"stats_num_masks", "preview_images"}
 # Bumped when what a checkpoint means changes, so an older one is refused, not misread.
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 
 
 def _run_identity(
@@ -119,7 +119,7 @@ def _run_identity(
     return {
         "format": CHECKPOINT_FORMAT,
         "method": pretraining.method,
-        "hyperparameters": pretraining.hyperparameters,
+        "hyperparameters": pretraining.hyperparameters.model_dump(mode="json"),
         "training": training,
         "encoder": encoder.model_dump(mode="json"),
         "masking": masking.model_dump(mode="json", exclude=_REPORT_ONLY_MASKING),
