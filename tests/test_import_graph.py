@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import selfsup
 
@@ -95,3 +99,15 @@ def test_the_core_does_not_import_kedro_or_the_pipelines():
         if bad:
             offenders[name] = bad
     assert offenders == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["selfsup.settings", "selfsup.hooks", "selfsup.config"])
+def test_each_entry_point_imports_first_in_a_fresh_interpreter(module):
+    """Kedro imports the settings (and through them the hooks) before anything else; an
+    import cycle through a package's `__init__`, which the graph above does not count,
+    shows up here as a partially initialized module."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import pkgutil
 import time
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
+from kedro.pipeline import Pipeline
 
-from selfsup import distributed
+from selfsup import distributed, lineage
 from selfsup.config import EncoderConfig, EvaluationConfig, FeatureConfig, MaskingConfig
 from selfsup.data.splits import evaluated_rows
 from selfsup.evaluation import (
@@ -38,6 +41,20 @@ class ConcurrentRunError(RuntimeError):
 
 class DistributedRunError(RuntimeError):
     """A `torchrun` launch asked for more than pretraining."""
+
+
+def _registered_pipelines() -> dict[str, Pipeline]:
+    """Every pipeline of the project by name, whichever ones this run was asked for (in
+    a run, Kedro's own registry holds only those); found as Kedro finds them, one
+    `selfsup.pipelines.<name>.pipeline.create_pipeline` each."""
+    package = importlib.import_module("selfsup.pipelines")
+    return {
+        module.name: importlib.import_module(
+            f"selfsup.pipelines.{module.name}.pipeline"
+        ).create_pipeline()
+        for module in pkgutil.iter_modules(package.__path__)
+        if module.ispkg
+    }
 
 
 # The pretraining template's nodes (every method namespace has both).
@@ -112,14 +129,10 @@ class ReportHooks:
         )
         if not missing:
             return
-        # Imported here: importing kedro.framework.project configures Kedro's logging,
-        # which importing these hooks outside a run must not do.
-        from kedro.framework.project import pipelines  # noqa: PLC0415
-
         producers = sorted(
             name
-            for name, registered in pipelines.items()
-            if name != "__default__" and set(missing) & registered.all_outputs()
+            for name, registered in _registered_pipelines().items()
+            if set(missing) & registered.all_outputs()
         )
         raise MissingInputsError(
             f"this run reads {', '.join(missing)}, which no earlier run has written; "
@@ -199,3 +212,110 @@ class RunLockHooks:
     @hook_impl
     def on_pipeline_error(self, error, run_params: dict, pipeline, catalog) -> None:
         self._release()
+
+
+def _file_of(catalog, name: str) -> Path | None:
+    """The file behind a catalog entry, or None for data kept in memory."""
+    dataset = catalog.get(name) if name in catalog else None
+    filepath = getattr(dataset, "_filepath", None)
+    return None if filepath is None else Path(str(filepath))
+
+
+def _is_report(catalog, name: str) -> bool:
+    """Datasets of kedro-viz's `reporting` layer: read by people and by other reports
+    only, so they carry no lineage record."""
+    dataset = catalog.get(name) if name in catalog else None
+    metadata = getattr(dataset, "metadata", None) or {}
+    return (metadata.get("kedro-viz") or {}).get("layer") == "reporting"
+
+
+class LineageHooks:
+    """Keeps a lineage record beside every file one node writes and another reads
+    (`selfsup.lineage`), and stops a node whose inputs come from different runs, naming
+    the two files, before it does any work. Kedro saves a node's outputs one by one
+    after the node returns; the records are written once the last one is saved, from
+    the fingerprints of the files written."""
+
+    def __init__(self) -> None:
+        self._catalog = None
+        self._in_memory: dict[str, lineage.Ancestry] = {}
+        self._pending: dict[str, tuple[set[str], lineage.Ancestry]] = {}
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        self._catalog = catalog
+        self._in_memory, self._pending = {}, {}
+        # The files this run reads but does not write, checked together before any
+        # node runs; each node checks its own inputs again when it starts.
+        existing = [name for name in sorted(pipeline.inputs()) if self._tracked(name)]
+        existing = [name for name in existing if name in catalog and catalog.exists(name)]
+        lineage.merge_lineages(dict(self._input_lineage(catalog, name) for name in existing))
+
+    def _tracked(self, name: str) -> bool:
+        return (
+            not name.startswith("params:")
+            and name != "parameters"
+            and not _is_report(self._catalog, name)
+        )
+
+    def _rerun_hint(self, names: list[str]) -> str:
+        producers = sorted(
+            pipeline_name
+            for pipeline_name, registered in _registered_pipelines().items()
+            if set(names) & registered.all_outputs()
+        )
+        if not producers:
+            return "the whole `kedro run`"
+        return (
+            f"`kedro run --pipelines {','.join(producers)}` and the pipelines after it "
+            "(or the whole `kedro run`)"
+        )
+
+    def _input_lineage(self, catalog, name: str) -> tuple[str, lineage.Ancestry]:
+        path = _file_of(catalog, name)
+        if path is None:
+            return name, self._in_memory.get(name, {})
+        record = lineage.read_record(path)
+        if record is None:
+            raise lineage.MixedLineageError(
+                f"{path} has no lineage record ({lineage.record_path(path).name}): it was "
+                "written by a run that stopped before its end, or by an older version of "
+                f"selfsup. Rerun {self._rerun_hint([name])}"
+            )
+        return str(path), record
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict) -> None:
+        consumed = [name for name in node.inputs if self._tracked(name)]
+        ancestries = dict(self._input_lineage(catalog, name) for name in consumed)
+        inherited = lineage.merge_lineages(ancestries)
+        self._pending[node.name] = (set(node.outputs), inherited)
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str, data, node) -> None:
+        # The record goes first: a run that stops while or after replacing the file
+        # leaves it without one, which consumers refuse.
+        path = _file_of(self._catalog, dataset_name) if self._catalog is not None else None
+        if path is not None and self._tracked(dataset_name):
+            lineage.remove_record(path)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data, node) -> None:
+        if node is None or node.name not in self._pending:
+            return
+        unsaved, inherited = self._pending[node.name]
+        unsaved.discard(dataset_name)
+        if unsaved:
+            return
+        del self._pending[node.name]
+        files = {name: _file_of(self._catalog, name) for name in node.outputs}
+        written = [lineage.file_fingerprint(p) for p in files.values() if p and p.is_file()]
+        run = lineage.execution_id(node.name, inherited, written)
+        ancestry = {**inherited, node.name: run}
+        for name, path in files.items():
+            if not self._tracked(name):
+                continue
+            if path is None:
+                self._in_memory[name] = ancestry
+            elif distributed.is_main_process() and path.is_file():
+                lineage.write_record(path, ancestry)

@@ -4,10 +4,10 @@ https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration""
 
 # Instantiated project hooks.
 # For example, after creating a hooks.py and defining a ProjectHooks class there, do
-from selfsup.hooks import DistributedHooks, ReportHooks, RunLockHooks
+from selfsup.hooks import DistributedHooks, LineageHooks, ReportHooks, RunLockHooks
 
 # Hooks are executed in a Last-In-First-Out (LIFO) order.
-HOOKS = (DistributedHooks(), ReportHooks(), RunLockHooks())
+HOOKS = (DistributedHooks(), LineageHooks(), ReportHooks(), RunLockHooks())
 
 # Installed plugins for which to disable hook auto-registration.
 # DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)

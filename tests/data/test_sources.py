@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sklearn_digits
 
-from selfsup.data.sources import SOURCES, ImageSet, load_digits, load_source
+from selfsup.data.sources import SOURCES, ImageSet, load_source
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,77 @@
+"""Lineage records: fingerprints, ids and the check that a node's inputs share one run."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfsup import lineage
+from selfsup.lineage import MixedLineageError, merge_lineages
+
+
+def test_file_fingerprint_follows_content_not_name_or_time(tmp_path):
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(b"x" * 1000)
+    second.write_bytes(b"x" * 1000)
+    assert lineage.file_fingerprint(first) == lineage.file_fingerprint(second)
+    second.write_bytes(b"x" * 999 + b"y")
+    assert lineage.file_fingerprint(first) != lineage.file_fingerprint(second)
+
+
+def test_large_files_are_fingerprinted_from_blocks_spread_over_them(tmp_path):
+    """Above 64 blocks of 64 KiB only sampled blocks are read: a change inside one of
+    them (here the first and the last byte) changes the fingerprint."""
+    size = 200 * (1 << 16)
+    path = tmp_path / "big.npy"
+    path.write_bytes(bytes(size))
+    base = lineage.file_fingerprint(path)
+    for offset in (0, size - 1):
+        data = bytearray(size)
+        data[offset] = 1
+        path.write_bytes(bytes(data))
+        assert lineage.file_fingerprint(path) != base
+
+
+def test_execution_id_depends_on_inputs_and_written_bytes_only():
+    same = lineage.execution_id("resize_images", {"ingest_images": "a"}, ["f1"])
+    assert same == lineage.execution_id("resize_images", {"ingest_images": "a"}, ["f1"])
+    assert same != lineage.execution_id("resize_images", {"ingest_images": "b"}, ["f1"])
+    assert same != lineage.execution_id("resize_images", {"ingest_images": "a"}, ["f2"])
+    assert same != lineage.execution_id("other", {"ingest_images": "a"}, ["f1"])
+
+
+def test_records_round_trip_and_a_missing_or_broken_one_reads_as_none(tmp_path):
+    data = tmp_path / "samples.csv"
+    data.write_text("a\n1\n")
+    assert lineage.read_record(data) is None
+    lineage.write_record(data, {"ingest_images": "a1", "check_rejected_files": "b2"})
+    assert lineage.record_path(data) == tmp_path / "samples.csv.lineage.json"
+    assert lineage.read_record(data) == {"ingest_images": "a1", "check_rejected_files": "b2"}
+    lineage.record_path(data).write_text("{not json")
+    assert lineage.read_record(data) is None
+    lineage.remove_record(data)
+    lineage.remove_record(data)  # absent: nothing to do
+    assert not lineage.record_path(data).exists()
+
+
+def test_inputs_of_one_run_merge_into_one_ancestry():
+    merged = merge_lineages(
+        {
+            "model_input.npy": {"ingest_images": "a", "resize_images": "r"},
+            "samples.csv": {"ingest_images": "a", "check_rejected_files": "c"},
+        }
+    )
+    assert merged == {"ingest_images": "a", "resize_images": "r", "check_rejected_files": "c"}
+
+
+def test_inputs_of_two_runs_are_refused_naming_both_files_the_node_and_the_fix():
+    with pytest.raises(MixedLineageError) as refused:
+        merge_lineages(
+            {
+                "data/05_model_input/images.npy": {"ingest_images": "new", "resize_images": "r"},
+                "data/02_intermediate/samples.csv": {"ingest_images": "old"},
+            }
+        )
+    message = str(refused.value)
+    assert "data/05_model_input/images.npy and data/02_intermediate/samples.csv" in message
+    assert "different runs of the node ingest_images" in message
+    assert "kedro run --from-nodes ingest_images" in message
