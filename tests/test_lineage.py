@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from selfsup import lineage
@@ -75,3 +77,37 @@ def test_inputs_of_two_runs_are_refused_naming_both_files_the_node_and_the_fix()
     assert "data/05_model_input/images.npy and data/02_intermediate/samples.csv" in message
     assert "different runs of the node ingest_images" in message
     assert "kedro run --from-nodes ingest_images" in message
+
+
+def test_the_earliest_node_of_a_conflict_is_the_one_to_rerun_from():
+    """Records keep the order the nodes ran; a conflict on a node and on the nodes after
+    it names the first one, whose inputs are on disk."""
+    with pytest.raises(MixedLineageError, match="--from-nodes ingest_images"):
+        merge_lineages(
+            {
+                "images.npy": {"ingest_images": "new", "check_rejected_files": "new"},
+                "samples.csv": {"ingest_images": "old", "check_rejected_files": "old"},
+            }
+        )
+
+
+def test_a_node_that_cannot_restart_alone_sends_the_fix_one_node_back():
+    """check_rejected_files reads ingest_images' results from memory, so the run must
+    start at ingest_images even when only check_rejected_files' outputs differ."""
+    inputs = {
+        "images.npy": {"ingest_images": "same", "check_rejected_files": "new"},
+        "samples.csv": {"ingest_images": "same", "check_rejected_files": "old"},
+    }
+    with pytest.raises(MixedLineageError, match="check_rejected_files.*--from-nodes ingest_images"):
+        merge_lineages(inputs, restartable=lambda node: node != "check_rejected_files")
+    with pytest.raises(MixedLineageError, match="--from-nodes check_rejected_files"):
+        merge_lineages(inputs)
+
+
+def test_data_kept_in_memory_is_fingerprinted_by_content_where_cheap():
+    table = pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1]})
+    assert lineage.data_fingerprint(table) == lineage.data_fingerprint(table.copy())
+    assert lineage.data_fingerprint(table) != lineage.data_fingerprint(table.iloc[::-1])
+    assert lineage.data_fingerprint({"a": 0}) != lineage.data_fingerprint({"a": 1})
+    images = np.zeros((3, 8, 8, 1), dtype=np.uint8)
+    assert lineage.data_fingerprint(images) != lineage.data_fingerprint(images[:2])

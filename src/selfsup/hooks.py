@@ -239,7 +239,7 @@ class LineageHooks:
     def __init__(self) -> None:
         self._catalog = None
         self._in_memory: dict[str, lineage.Ancestry] = {}
-        self._pending: dict[str, tuple[set[str], lineage.Ancestry]] = {}
+        self._pending: dict[str, tuple[set[str], lineage.Ancestry, list[str]]] = {}
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
@@ -249,7 +249,8 @@ class LineageHooks:
         # node runs; each node checks its own inputs again when it starts.
         existing = [name for name in sorted(pipeline.inputs()) if self._tracked(name)]
         existing = [name for name in existing if name in catalog and catalog.exists(name)]
-        lineage.merge_lineages(dict(self._input_lineage(catalog, name) for name in existing))
+        inputs = dict(self._input_lineage(catalog, name) for name in existing)
+        lineage.merge_lineages(inputs, self._restartable)
 
     def _tracked(self, name: str) -> bool:
         return (
@@ -284,12 +285,21 @@ class LineageHooks:
             )
         return str(path), record
 
+    def _restartable(self, node_name: str) -> bool:
+        """Whether `kedro run --from-nodes node_name` can run: its inputs are on disk."""
+        nodes = {node.name: node for p in _registered_pipelines().values() for node in p.nodes}
+        node = nodes.get(node_name)
+        return node is not None and all(
+            name.startswith("params:") or _file_of(self._catalog, name) is not None
+            for name in node.inputs
+        )
+
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict) -> None:
         consumed = [name for name in node.inputs if self._tracked(name)]
         ancestries = dict(self._input_lineage(catalog, name) for name in consumed)
-        inherited = lineage.merge_lineages(ancestries)
-        self._pending[node.name] = (set(node.outputs), inherited)
+        inherited = lineage.merge_lineages(ancestries, self._restartable)
+        self._pending[node.name] = (set(node.outputs), inherited, [])
 
     @hook_impl
     def before_dataset_saved(self, dataset_name: str, data, node) -> None:
@@ -303,16 +313,20 @@ class LineageHooks:
     def after_dataset_saved(self, dataset_name: str, data, node) -> None:
         if node is None or node.name not in self._pending:
             return
-        unsaved, inherited = self._pending[node.name]
+        unsaved, inherited, written = self._pending[node.name]
+        path = _file_of(self._catalog, dataset_name)
+        if path is None:
+            written.append(lineage.data_fingerprint(data))
+        elif path.is_file():
+            written.append(lineage.file_fingerprint(path))
         unsaved.discard(dataset_name)
         if unsaved:
             return
         del self._pending[node.name]
-        files = {name: _file_of(self._catalog, name) for name in node.outputs}
-        written = [lineage.file_fingerprint(p) for p in files.values() if p and p.is_file()]
         run = lineage.execution_id(node.name, inherited, written)
         ancestry = {**inherited, node.name: run}
-        for name, path in files.items():
+        for name in node.outputs:
+            path = _file_of(self._catalog, name)
             if not self._tracked(name):
                 continue
             if path is None:

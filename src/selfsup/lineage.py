@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+import pandas as pd
 
 from selfsup.checkpoints import atomic_write
 
@@ -73,7 +75,8 @@ def read_record(data_file: str | Path) -> Ancestry | None:
 
 
 def write_record(data_file: str | Path, ancestry: Ancestry) -> None:
-    text = json.dumps({"ancestry": dict(sorted(ancestry.items()))}, indent=1) + "\n"
+    # In the order the nodes ran: the first node of a conflict is the one to rerun from.
+    text = json.dumps({"ancestry": ancestry}, indent=1) + "\n"
     atomic_write(record_path(data_file), lambda tmp: Path(tmp).write_text(text))
 
 
@@ -81,22 +84,47 @@ def remove_record(data_file: str | Path) -> None:
     record_path(data_file).unlink(missing_ok=True)
 
 
-def merge_lineages(inputs: Mapping[str, Ancestry]) -> Ancestry:
-    """One ancestry from the inputs' (label -> ancestry; a label names the file), or
-    MixedLineageError naming the two inputs that descend from different executions of
-    the same node, and the command that makes them agree again."""
+def data_fingerprint(data: object) -> str:
+    """Fingerprint of an output kept in memory, where it is cheap: a table's or a
+    mapping's content, an array's shape and type (its pixels reach the files after it)."""
+    if isinstance(data, pd.DataFrame):
+        content = pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes()
+        content += json.dumps(list(map(str, data.columns))).encode()
+    elif isinstance(data, (dict, list, tuple, str, int, float)):
+        content = json.dumps(data, sort_keys=True, default=str).encode()
+    else:
+        content = repr((type(data).__name__, getattr(data, "shape", None))).encode()
+        content += str(getattr(data, "dtype", "")).encode()
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
+def merge_lineages(
+    inputs: Mapping[str, Ancestry], restartable: Callable[[str], bool] = lambda node: True
+) -> Ancestry:
+    """One ancestry from the inputs' (label -> ancestry in the order the nodes ran; a
+    label names the file), or MixedLineageError naming two inputs that descend from
+    different executions of the same node and the command that makes them agree again:
+    rerun from the earliest such node, or from the last node before it that
+    `restartable` accepts (one whose inputs are all on disk)."""
     merged: Ancestry = {}
     first_seen: dict[str, str] = {}
+    conflicts: list[tuple[str, str, str]] = []
     for label, ancestry in inputs.items():
-        for node, run in sorted(ancestry.items()):
+        for node, run in ancestry.items():
             if node not in merged:
                 merged[node], first_seen[node] = run, label
             elif merged[node] != run:
-                raise MixedLineageError(
-                    f"{first_seen[node]} and {label} come from different runs of the node "
-                    f"{node} (a run stopped between its saves, or one of them was rewritten "
-                    "alone); using them together would mix two datasets. Rerun that node "
-                    f"and everything after it: `kedro run --from-nodes {node}` (or the whole "
-                    "`kedro run`)"
-                )
-    return merged
+                conflicts.append((node, first_seen[node], label))
+    if not conflicts:
+        return merged
+    order = list(merged)
+    node, first, second = min(conflicts, key=lambda conflict: order.index(conflict[0]))
+    start = order.index(node)
+    while start > 0 and not restartable(order[start]):
+        start -= 1
+    raise MixedLineageError(
+        f"{first} and {second} come from different runs of the node {node} (a run stopped "
+        "between its saves, or one of them was rewritten alone); using them together "
+        "would mix two datasets. Rerun from there: "
+        f"`kedro run --from-nodes {order[start]}` (or the whole `kedro run`)"
+    )

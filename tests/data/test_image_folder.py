@@ -658,9 +658,9 @@ def test_ingest_labelled_folder(labelled_with_two_bad_files, staging):
 
 def test_accept_ingestion_raises_above_the_rejected_fraction(labelled_with_two_bad_files, staging):
     config = ingestion(labelled_with_two_bad_files, staging)
-    _, samples, _, rejected = ingest_images(config, MASKING, seed=0)
+    images, samples, class_index, rejected = ingest_images(config, MASKING, seed=0)
     with pytest.raises(ValueError, match="data/08_reporting/rejected_files.json") as error:
-        accept_ingestion(samples, rejected, config)
+        accept_ingestion(images, samples, class_index, rejected, config)
     message = str(error.value)
     assert "rejected 2 of 38 files" in message
     assert "max_rejected_fraction=1.0%" in message
@@ -669,8 +669,9 @@ def test_accept_ingestion_raises_above_the_rejected_fraction(labelled_with_two_b
 
 def test_accept_ingestion_passes_below_the_threshold(labelled_with_two_bad_files, staging):
     config = ingestion(labelled_with_two_bad_files, staging, max_rejected_fraction=0.1)
-    _, samples, _, rejected = ingest_images(config, MASKING, seed=0)
-    assert accept_ingestion(samples, rejected, config) is samples
+    images, samples, class_index, rejected = ingest_images(config, MASKING, seed=0)
+    accepted = accept_ingestion(images, samples, class_index, rejected, config)
+    assert all(a is b for a, b in zip(accepted, (images, samples, class_index), strict=True))
 
 
 def test_report_dataset_of_a_labelled_folder(labelled_with_two_bad_files, staging):

@@ -216,6 +216,8 @@ def test_unlabelled_folder_alone_stops_before_training(tmp_path):
     assert result.returncode != 0
     assert "eval_source" in log and "--pipelines ingestion,masking,pretraining" in log
     assert not list((project / "data" / "06_models").rglob("*.pt"))
+    # Stopped before its results were saved: no images, samples or class index.
+    assert not list((project / "data" / "02_intermediate").glob("*.*"))
     # Pretraining alone is what an unlabelled folder is for.
     result = run_with(project, ingestion, "--pipelines", "ingestion,masking,pretraining")
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]

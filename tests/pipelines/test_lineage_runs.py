@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from selfsup import lineage
 from tests.helpers import TINY_RUN
 from tests.project import kedro, make_project_copy
 
@@ -51,25 +52,48 @@ def run(project: Path, folder: str, max_rejected: float, *args: str):
     return result, " ".join((result.stdout + result.stderr).split())
 
 
-def test_a_stopped_ingestion_leaves_files_that_no_later_run_mixes(tmp_path):
+def test_a_stopped_ingestion_leaves_the_previous_set_whole(tmp_path):
+    """Too many rejected files stop ingestion before it replaces images.npy,
+    samples.csv or class_index.json: the previous set stays usable."""
     project = make_project_copy(tmp_path)
     raw = project / "data" / "01_raw"
     make_folder(raw / "first", seed=0)
     make_folder(raw / "second", seed=1)
-    # One unreadable file of 31 in the second folder: over a 1 % limit, so the second
-    # ingestion stops after it has replaced images.npy, before samples.csv.
     (raw / "second" / "dark" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-
-    result, output = run(project, "data/01_raw/first", 0.05, "--pipelines", "ingestion,masking")
+    result, output = run(project, "data/01_raw/first", 0.05, "--pipelines", "ingestion")
     assert result.returncode == 0, output[-3000:]
-    data = project / "data"
-    model_input = data / "05_model_input" / "images.npy"
-    before = model_input.stat().st_mtime_ns
+    intermediate = project / "data" / "02_intermediate"
+    kept = {p.name: p.read_bytes() for p in intermediate.iterdir() if p.is_file()}
 
     result, output = run(project, "data/01_raw/second", 0.01, "--pipelines", "ingestion")
     assert result.returncode != 0 and "rejected 1 of 31 files" in output
-    first_rows = len((data / "02_intermediate" / "samples.csv").read_text().splitlines())
-    assert np.load(data / "02_intermediate" / "images.npy").shape[0] == first_rows - 1
+    assert {p.name: p.read_bytes() for p in intermediate.iterdir() if p.is_file()} == kept
+    rejected = json.loads((project / "data" / "08_reporting" / "rejected_files.json").read_text())
+    assert [entry["path"] for entry in rejected["rejected"]] == ["dark/broken.png"]
+
+    result, output = run(project, "data/01_raw/first", 0.05, "--pipelines", "masking")
+    assert result.returncode == 0, output[-3000:]
+
+
+def test_files_of_two_runs_are_refused_before_any_node(tmp_path):
+    """A run killed between two saves leaves the images of one ingestion beside the
+    samples of another (same number of rows): the next run refuses them, naming both
+    files and the command that makes them agree, and the command works."""
+    project = make_project_copy(tmp_path)
+    raw = project / "data" / "01_raw"
+    make_folder(raw / "first", seed=0)
+    make_folder(raw / "second", seed=1)
+    data = project / "data"
+    samples = data / "02_intermediate" / "samples.csv"
+    result, output = run(project, "data/01_raw/first", 0.05, "--pipelines", "ingestion,masking")
+    assert result.returncode == 0, output[-3000:]
+    first = {path: path.read_bytes() for path in (samples, lineage.record_path(samples))}
+    model_input = data / "05_model_input" / "images.npy"
+    before = model_input.stat().st_mtime_ns
+    result, output = run(project, "data/01_raw/second", 0.05, "--pipelines", "ingestion")
+    assert result.returncode == 0, output[-3000:]
+    for path, content in first.items():  # as if the second run died before these saves
+        path.write_bytes(content)
 
     result, output = run(project, "data/01_raw/second", 0.05, "--pipelines", "masking")
     assert result.returncode != 0
@@ -80,11 +104,8 @@ def test_a_stopped_ingestion_leaves_files_that_no_later_run_mixes(tmp_path):
     assert "Running node" not in output
     assert model_input.stat().st_mtime_ns == before
 
-    # The fix the message names makes the set whole again.
     result, output = run(project, "data/01_raw/second", 0.05, "--from-nodes", "ingest_images")
     assert result.returncode == 0, output[-3000:]
-    records = sorted(p.name for p in data.rglob("*.lineage.json"))
-    assert "samples.csv.lineage.json" in records and "features.npy.lineage.json" in records
     features = json.loads((data / "04_feature" / "ijepa" / "features.npy.lineage.json").read_text())
     assert {"ingest_images", "resize_images", "ijepa.pretrain"} <= set(features["ancestry"])
 

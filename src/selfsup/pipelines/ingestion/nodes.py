@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from selfsup import lineage
 from selfsup.config import IngestionConfig, MaskingConfig
 from selfsup.data.chunked import ChunkedImages, ConcatenatedImages
 from selfsup.data.image_folder import UnusableSourceError, summarize_rejections
@@ -65,6 +66,7 @@ def _load_or_report(
         path = Path(REJECTED_FILES)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
+        lineage.remove_record(path)  # this report is no longer the one a run recorded
         raise
 
 
@@ -148,11 +150,17 @@ def ingest_images(
 
 
 def accept_ingestion(
-    ingested_samples: pd.DataFrame, rejected_files: dict, ingestion: IngestionConfig
-) -> pd.DataFrame:
-    """Pass the samples on unless a source rejected too many files.
+    ingested_images: np.ndarray | ChunkedImages,
+    ingested_samples: pd.DataFrame,
+    ingested_class_index: dict,
+    rejected_files: dict,
+    ingestion: IngestionConfig,
+) -> tuple[np.ndarray | ChunkedImages, pd.DataFrame, dict]:
+    """Pass the images, samples and class index on to be saved, unless a source
+    rejected too many files.
 
-    A separate node so that rejected_files.json is on disk when this fails."""
+    A separate node so that rejected_files.json is on disk when this fails, and the
+    previous images, samples and class index are still whole beside it."""
     for entry in rejected_files["sources"]:
         if entry["rejected_fraction"] > ingestion.max_rejected_fraction:
             mine = [e for e in rejected_files["rejected"] if e["source"] == entry["key"]]
@@ -164,7 +172,7 @@ def accept_ingestion(
                 f"Every file and its reason is in {REJECTED_FILES}: {summarize_rejections(mine)}. "
                 "Fix or remove those files, or raise ingestion.max_rejected_fraction"
             )
-    return ingested_samples
+    return ingested_images, ingested_samples, ingested_class_index
 
 
 def report_dataset(images: np.ndarray, samples: pd.DataFrame, rejected_files: dict) -> dict:

@@ -9,13 +9,21 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 ingest_images,
                 ["params:ingestion", "params:masking", "params:seed"],
-                ["images", "ingested_samples", "class_index", "rejected_files"],
+                # In memory until the rejected files are checked: a stopped ingestion
+                # leaves the previous images, samples and class index whole.
+                ["ingested_images", "ingested_samples", "ingested_class_index", "rejected_files"],
                 name="ingest_images",
             ),
             node(
                 accept_ingestion,
-                ["ingested_samples", "rejected_files", "params:ingestion"],
-                "samples",
+                [
+                    "ingested_images",
+                    "ingested_samples",
+                    "ingested_class_index",
+                    "rejected_files",
+                    "params:ingestion",
+                ],
+                ["images", "samples", "class_index"],
                 name="check_rejected_files",
             ),
             node(
