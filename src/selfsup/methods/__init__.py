@@ -1,4 +1,5 @@
-"""Pretraining methods, looked up by name."""
+"""Pretraining methods, looked up by name: importing this package registers the three
+the project ships (each module registers itself in `selfsup.methods.registry`)."""
 
 from __future__ import annotations
 
@@ -6,27 +7,10 @@ from selfsup.masks import MaskingConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.ijepa import IJEPA
 from selfsup.methods.mae import MAE
+from selfsup.methods.registry import METHODS, register_method
 from selfsup.methods.simclr import SimCLR
 from selfsup.models import build_encoder
 from selfsup.models.vit import EncoderConfig
-
-METHODS: dict[str, type[PretrainingMethod]] = {}
-
-
-def register_method(method_cls: type[PretrainingMethod]) -> type[PretrainingMethod]:
-    """Make `method_cls` selectable as `method: <method_cls.name>` in the parameters.
-
-    Usable as a class decorator; a name already taken by another class is an error.
-    """
-    existing = METHODS.get(method_cls.name)
-    if existing is not None and existing is not method_cls:
-        raise ValueError(f"method name {method_cls.name!r} is already taken by {existing}")
-    METHODS[method_cls.name] = method_cls
-    return method_cls
-
-
-for _method in (IJEPA, MAE, SimCLR):
-    register_method(_method)
 
 
 def build_method(
@@ -51,4 +35,13 @@ def build_method(
     return method_cls(config, backbone, data)
 
 
-__all__ = ["METHODS", "InputSpec", "PretrainingMethod", "build_method", "register_method"]
+__all__ = [
+    "IJEPA",
+    "MAE",
+    "METHODS",
+    "InputSpec",
+    "PretrainingMethod",
+    "SimCLR",
+    "build_method",
+    "register_method",
+]

@@ -13,6 +13,7 @@ from pydantic import field_validator
 
 from selfsup.masks import MaskBatch, MaskSampler, build_mask_sampler, sample_masks
 from selfsup.methods.base import InputSpec, PretrainingMethod
+from selfsup.methods.registry import register_method
 from selfsup.models import Predictor, VisionTransformerEncoder
 from selfsup.models.predictor import PredictorConfig
 from selfsup.models.tokens import GatheredQueries, TokenLayout
@@ -89,6 +90,7 @@ class IJEPAMasks:
         return {"images": images, **masks_as_tensors(sample_masks(self.sampler, draws))}
 
 
+@register_method
 class IJEPA(PretrainingMethod):
     name = "ijepa"
     config_class = IJEPAConfig

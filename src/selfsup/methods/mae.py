@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from selfsup.methods.base import InputSpec, PretrainingMethod
+from selfsup.methods.registry import register_method
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.tokens import TokenBlock, TokenLayout
 from selfsup.models.vit import LayerNorm, gather_tokens, init_weights, sincos_positions
@@ -129,6 +130,7 @@ class MAEDecoder(nn.Module):
         return self.predict(self.norm(x))
 
 
+@register_method
 class MAE(PretrainingMethod):
     name = "mae"
     config_class = MAEConfig

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from selfsup import distributed
 from selfsup.methods.base import InputSpec, PretrainingMethod
+from selfsup.methods.registry import register_method
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import init_weights
 from selfsup.params import FloatRange, StrictModel, check_range
@@ -150,6 +151,7 @@ class SimCLRViews:
         return {"views": (out - mean) / std}
 
 
+@register_method
 class SimCLR(PretrainingMethod):
     name = "simclr"
     config_class = SimCLRConfig
