@@ -46,12 +46,18 @@ def run_node(hooks: LineageHooks, catalog: DataCatalog, step, outputs: dict) -> 
         hooks.after_dataset_saved(name, data, step)
 
 
-def test_outputs_get_records_of_the_node_run_and_reports_none(project):
-    tmp_path, catalog = project
+def written_once(catalog: DataCatalog):
+    """Hooks after one run of a node `write` that saved `left` and `right`."""
     hooks = LineageHooks()
     write = node(pair, "params:x", ["left", "right"], name="write")
     hooks.before_pipeline_run({}, Pipeline([write]), catalog)
     run_node(hooks, catalog, write, {"left": np.zeros(3), "right": np.ones(3)})
+    return hooks, write
+
+
+def test_outputs_get_records_of_the_node_run_and_reports_none(project):
+    tmp_path, catalog = project
+    hooks, write = written_once(catalog)
     left, right = (
         lineage.read_record(tmp_path / "left.npy"),
         lineage.read_record(tmp_path / "right.npy"),
@@ -65,10 +71,7 @@ def test_outputs_get_records_of_the_node_run_and_reports_none(project):
 
 def test_a_record_is_written_only_after_the_nodes_last_save(project):
     tmp_path, catalog = project
-    hooks = LineageHooks()
-    write = node(pair, "params:x", ["left", "right"], name="write")
-    hooks.before_pipeline_run({}, Pipeline([write]), catalog)
-    run_node(hooks, catalog, write, {"left": np.zeros(3), "right": np.ones(3)})
+    hooks, write = written_once(catalog)
     # A second run of the node replaces `left`, then dies before saving `right`.
     hooks.before_node_run(write, catalog, {})
     hooks.before_dataset_saved("left", np.full(3, 7.0), write)
@@ -84,10 +87,7 @@ def test_a_record_is_written_only_after_the_nodes_last_save(project):
 
 def test_inputs_of_two_runs_stop_the_node_before_it_runs(project):
     tmp_path, catalog = project
-    hooks = LineageHooks()
-    write = node(pair, "params:x", ["left", "right"], name="write")
-    hooks.before_pipeline_run({}, Pipeline([write]), catalog)
-    run_node(hooks, catalog, write, {"left": np.zeros(3), "right": np.ones(3)})
+    hooks, write = written_once(catalog)
     kept = (
         (tmp_path / "right.npy").read_bytes(),
         lineage.record_path(tmp_path / "right.npy").read_text(),
