@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from kedro.config import OmegaConfigLoader
+from kedro_telemetry.plugin import _check_for_telemetry_consent
 
 from selfsup.config import EncoderConfig, IngestionConfig, MaskingConfig, PretrainingConfig
 from selfsup.masks import build_mask_sampler
@@ -123,3 +124,11 @@ def test_one_line_of_the_shared_training_block_changes_every_method(tmp_path):
         "parameters"
     ]
     assert [changed[m]["training"]["loader_workers"] for m in PRETRAINED_NAMESPACES] == [3] * 3
+
+
+def test_telemetry_is_off_for_every_kedro_command_in_the_project(monkeypatch):
+    """`dvc repro` and `kedro viz` start kedro without DO_NOT_TRACK: the committed
+    `.telemetry` file must say no by itself."""
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    monkeypatch.delenv("KEDRO_DISABLE_TELEMETRY", raising=False)
+    assert _check_for_telemetry_consent(ROOT) is False
