@@ -70,19 +70,32 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_every_catalog_output_exists(data):
+def test_every_catalog_output_exists_and_data_carries_its_lineage(data):
+    """Every file in the catalog is written; every one that is not a report (kedro-viz
+    layer `reporting`) has its lineage record beside it."""
     catalog = yaml.safe_load((ROOT / "conf" / "base" / "catalog.yml").read_text())
-    expected = set()
+    expected, recorded = set(), set()
     for name, entry in catalog.items():
+        if "filepath" not in entry:  # held in memory within a run
+            continue
         if "{method}" in name:
-            expected.update(entry["filepath"].format(method=m) for m in METHODS)
+            paths = {entry["filepath"].format(method=m) for m in METHODS}
         elif "{name}" in name:
-            expected.update(entry["filepath"].format(name=n) for n in NAMES)
+            paths = {entry["filepath"].format(name=n) for n in NAMES}
         else:
-            expected.add(entry["filepath"])
+            paths = {entry["filepath"]}
+        expected |= paths
+        if entry.get("metadata", {}).get("kedro-viz", {}).get("layer") != "reporting":
+            recorded |= paths
     root = data.parent
-    missing = sorted(path for path in expected if not (root / path).is_file())
-    assert not missing
+    assert not sorted(path for path in expected if not (root / path).is_file())
+    assert len(recorded) > 10
+    assert not sorted(path for path in recorded if not (root / f"{path}.lineage.json").is_file())
+    records = {
+        p.relative_to(root).as_posix().removesuffix(".lineage.json")
+        for p in root.rglob("*.lineage.json")
+    }
+    assert records == recorded
 
 
 def test_ingested_images_and_samples(data, samples):
@@ -313,12 +326,17 @@ def test_one_namespace_runs_alone(tiny_run, tmp_path):
     assert "08_reporting/mae/dvclive/plots/metrics/train/loss.tsv" in live_logs
     checkpoints = {path for path in changed if path.startswith("06_models/mae/checkpoints/")}
     assert checkpoints, "the final training checkpoint"
-    assert changed - live_logs - checkpoints == {
+    data_written = {
         "06_models/mae/encoder.pt",
         "07_model_output/mae/training_history.csv",
-        "08_reporting/mae/loss_curve.png",
         "04_feature/mae/features.npy",
         "07_model_output/mae/metrics.json",
+    }
+    records = {f"{path}.lineage.json" for path in data_written}
+    assert changed - live_logs - checkpoints == {
+        *data_written,
+        *records,
+        "08_reporting/mae/loss_curve.png",
     }
 
 
