@@ -18,6 +18,7 @@ from pydantic import Field
 
 from selfsup.data.chunked import rows_per_chunk
 from selfsup.data.image_set import UNLABELLED, ImageSet
+from selfsup.data.source_registry import register_source
 from selfsup.params import StrictModel
 
 
@@ -138,6 +139,7 @@ def npz_member(archive: np.lib.npyio.NpzFile, key: str, option: str, path: Path)
         raise unreadable(path, error) from None
 
 
+@register_source("arrays", ArraysOptions)
 def load_arrays(config: ArraysOptions, image_size: int | None = None) -> ImageSet:
     """Images from one `.npz` (named arrays) or an `.npy`, with optional labels (an
     array in the `.npz` or a labels `.npy`). A uint8 `.npy` is memory-mapped, not read."""
@@ -249,6 +251,7 @@ CIFAR_LAYOUTS = {
 }
 
 
+@register_source("cifar", CifarOptions)
 def load_cifar(config: CifarOptions, image_size: int | None = None) -> ImageSet:
     """CIFAR-10 or CIFAR-100 from the "python version" folder (train and test batches
     together: the pipeline makes its own split)."""

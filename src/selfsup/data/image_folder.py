@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from selfsup.data.chunked import StagingArray
 from selfsup.data.decode import DecodeSettings, decode_file
 from selfsup.data.image_set import ImageSet
+from selfsup.data.source_registry import register_source
 from selfsup.params import StrictModel
 
 logger = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def summarize_rejections(rejected: list[dict], shown: int = 5) -> str:
     return "; ".join(lines) + more
 
 
+@register_source("image_folder", ImageFolderOptions)
 def load_image_folder(config: ImageFolderOptions, image_size: int) -> ImageSet:
     root = Path(config.path)
     scan = scan_folder(root, config.labels)

@@ -2,21 +2,22 @@
 
 A source is a function `(options, image_size) -> ImageSet`; `image_size` is the model's
 input size, for sources that resize while decoding. Adding a source means adding a
-function to `SOURCES`, not changing the pipeline.
+function registered with `selfsup.data.source_registry.register_source`, not changing
+the pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
 from sklearn.datasets import load_digits as sklearn_digits
 
-from selfsup.data.array_sources import ArraysOptions, CifarOptions, load_arrays, load_cifar
-from selfsup.data.image_folder import ImageFolderOptions, load_image_folder
+# Imported for their readers, which register themselves in SOURCES.
+from selfsup.data import array_sources, image_folder  # noqa: F401
 from selfsup.data.image_set import ImageSet
+from selfsup.data.source_registry import SOURCE_OPTIONS, SOURCES, register_source
 from selfsup.params import StrictModel
 
 
@@ -102,6 +103,7 @@ class IngestionConfig(StrictModel):
         return validated_source(data, "")
 
 
+@register_source("digits", NoOptions)
 def load_digits(options: NoOptions | None = None, image_size: int | None = None) -> ImageSet:
     """scikit-learn's handwritten digits: 1,797 grayscale 8x8 images, 10 classes.
 
@@ -117,21 +119,6 @@ def load_digits(options: NoOptions | None = None, image_size: int | None = None)
         paths=[f"digits[{i}]" for i in range(len(digits.target))],
     )
 
-
-SOURCES: dict[str, Callable[[Any, int], ImageSet]] = {
-    "digits": load_digits,
-    "image_folder": load_image_folder,
-    "arrays": load_arrays,
-    "cifar": load_cifar,
-}
-
-# Each source's `ingestion.options` model, validated with the rest of the parameters.
-SOURCE_OPTIONS: dict[str, type[StrictModel]] = {
-    "digits": NoOptions,
-    "image_folder": ImageFolderOptions,
-    "arrays": ArraysOptions,
-    "cifar": CifarOptions,
-}
 
 __all__ = ["SOURCES", "SOURCE_OPTIONS", "ImageSet", "load_digits", "load_source"]
 
