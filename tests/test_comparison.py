@@ -16,12 +16,15 @@ from selfsup.pipelines.report.nodes import compare_methods
 from selfsup.plots import plot_comparison
 
 
-def metrics(linear: float, shots: dict[str, tuple[float, float]], knn: float) -> dict:
+def metrics(
+    linear: float, shots: dict[str, tuple[float, float]], knn: float, weighted: float
+) -> dict:
     """Shaped like `selfsup.evaluation.evaluate_features`'s result (fractions)."""
     return {
         "linear_probe": {"test_accuracy": linear, "val_accuracy": linear, "C": 0.1},
         "low_shot": {k: {"mean": mean, "std": std} for k, (mean, std) in shots.items()},
         "knn": {"test_accuracy": knn},
+        "knn_weighted": {"test_accuracy": weighted},
         "feature_dim": 32,
     }
 
@@ -45,10 +48,12 @@ def history(epochs: int, steps_per_epoch: int, batch_size: int, seconds_per_step
 # ijepa beats random_init on both gains; simclr is better on 5-shot but worse on the
 # linear probe. Low-shot keys are out of numeric order on purpose.
 METRICS = {
-    "ijepa": metrics(0.8, {"10": (0.6, 0.01), "1": (0.3, 0.05), "5": (0.5, 0.02)}, 0.7),
-    "simclr": metrics(0.6, {"10": (0.55, 0.0), "1": (0.2, 0.1), "5": (0.45, 0.03)}, 0.5),
-    "raw_pixels": metrics(0.5, {"10": (0.4, 0.0), "1": (0.15, 0.02), "5": (0.3, 0.0)}, 0.125),
-    "random_init": metrics(0.65, {"10": (0.5, 0.0), "1": (0.25, 0.05), "5": (0.4, 0.05)}, 0.55),
+    "ijepa": metrics(0.8, {"10": (0.6, 0.01), "1": (0.3, 0.05), "5": (0.5, 0.02)}, 0.7, 0.75),
+    "simclr": metrics(0.6, {"10": (0.55, 0.0), "1": (0.2, 0.1), "5": (0.45, 0.03)}, 0.5, 0.52),
+    "raw_pixels": metrics(0.5, {"10": (0.4, 0.0), "1": (0.15, 0.02), "5": (0.3, 0.0)}, 0.125, 0.15),
+    "random_init": metrics(
+        0.65, {"10": (0.5, 0.0), "1": (0.25, 0.05), "5": (0.4, 0.05)}, 0.55, 0.6
+    ),
 }
 # ijepa: 2 epochs x 3 steps of 16 images in 3.0 s; simclr: 3 epochs x 2 steps of 8 in 4.0 s.
 HISTORIES = {"ijepa": history(2, 3, 16, 0.5), "simclr": history(3, 2, 8, 2 / 3)}
@@ -91,7 +96,7 @@ def test_training_cost_of_an_instant_run_has_no_throughput():
 def test_one_row_per_feature_set_in_input_order(frame):
     assert frame["features"].tolist() == list(METRICS)
     assert frame["kind"].tolist() == ["pretrained", "pretrained", "baseline", "baseline"]
-    assert frame.columns.tolist()[:12] == [
+    assert frame.columns.tolist()[:13] == [
         "features",
         "kind",
         "linear_probe",
@@ -102,6 +107,7 @@ def test_one_row_per_feature_set_in_input_order(frame):
         "10_shot_mean",
         "10_shot_std",
         "knn",
+        "knn_weighted",
         "epochs",
         "steps",
     ]
@@ -113,6 +119,7 @@ def test_accuracies_are_in_percent(frame):
         row = rows.loc[name]
         assert row["linear_probe"] == pytest.approx(100 * m["linear_probe"]["test_accuracy"])
         assert row["knn"] == pytest.approx(100 * m["knn"]["test_accuracy"])
+        assert row["knn_weighted"] == pytest.approx(100 * m["knn_weighted"]["test_accuracy"])
         for shots, score in m["low_shot"].items():
             assert row[f"{shots}_shot_mean"] == pytest.approx(100 * score["mean"])
             assert row[f"{shots}_shot_std"] == pytest.approx(100 * score["std"])
@@ -180,12 +187,24 @@ HEADER = [
     "5-shot",
     "10-shot",
     "kNN",
+    "weighted kNN",
     "epochs",
     "pretraining (s)",
     "images/s",
 ]
 EXPECTED_CELLS = {
-    "ijepa": ["ijepa", "80.0", "30.0 ± 5.0", "50.0 ± 2.0", "60.0 ± 1.0", "70.0", "2", "3.0", "32"],
+    "ijepa": [
+        "ijepa",
+        "80.0",
+        "30.0 ± 5.0",
+        "50.0 ± 2.0",
+        "60.0 ± 1.0",
+        "70.0",
+        "75.0",
+        "2",
+        "3.0",
+        "32",
+    ],
     "simclr": [
         "simclr",
         "60.0",
@@ -193,6 +212,7 @@ EXPECTED_CELLS = {
         "45.0 ± 3.0",
         "55.0 ± 0.0",
         "50.0",
+        "52.0",
         "3",
         "4.0",
         "12",
@@ -204,6 +224,7 @@ EXPECTED_CELLS = {
         "30.0 ± 0.0",
         "40.0 ± 0.0",
         "12.5",
+        "15.0",
         "–",
         "–",
         "–",
@@ -215,6 +236,7 @@ EXPECTED_CELLS = {
         "40.0 ± 5.0",
         "50.0 ± 0.0",
         "55.0",
+        "60.0",
         "–",
         "–",
         "–",
@@ -286,14 +308,14 @@ def check_chart(fig: Figure, frame: pd.DataFrame) -> None:
     assert isinstance(fig, Figure)
     containers = bar_containers(fig)
     labels = [c.get_label() for c in containers]
-    assert labels == ["linear probe", "1-shot", "5-shot", "10-shot", "kNN"]
-    columns = ["linear_probe", "1_shot_mean", "5_shot_mean", "10_shot_mean", "knn"]
+    assert labels == ["linear probe", "1-shot", "5-shot", "10-shot", "kNN", "weighted kNN"]
+    columns = ["linear_probe", "1_shot_mean", "5_shot_mean", "10_shot_mean", "knn", "knn_weighted"]
     for container, column in zip(containers, columns, strict=True):
         assert len(container.patches) == len(frame)
         heights = [bar.get_height() for bar in container.patches]
         np.testing.assert_allclose(heights, frame[column])
     # Low-shot bars carry the std over draws; the others have no error bars.
-    assert [c.errorbar is not None for c in containers] == [False, True, True, True, False]
+    assert [c.errorbar is not None for c in containers] == [False, True, True, True, False, False]
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks == frame["features"].tolist()
 
@@ -318,3 +340,14 @@ def test_compare_methods_node_returns_table_markdown_and_chart():
         check_chart(fig, table)
     finally:
         plt.close(fig)
+
+
+def test_metrics_without_a_weighted_knn_show_a_dash():
+    """metrics.json written before the weighted kNN existed still makes a table."""
+    older = {
+        name: {k: v for k, v in m.items() if k != "knn_weighted"} for name, m in METRICS.items()
+    }
+    frame = comparison_frame(older, HISTORIES)
+    assert frame["knn_weighted"].isna().all()
+    rows = table_rows(comparison_markdown(frame))
+    assert [row[HEADER.index("weighted kNN")] for row in rows[2:]] == ["–"] * len(older)

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from selfsup import evaluation
-from selfsup.config import EvaluationConfig
+from selfsup.config import EvaluationConfig, WeightedKnnConfig
 from selfsup.evaluation import (
     check_pooling,
     encoder_features,
@@ -24,6 +24,7 @@ from selfsup.evaluation import (
     few_shot_indices,
     knn_accuracy,
     select_c_and_score,
+    weighted_knn_accuracy,
 )
 from selfsup.models import VisionTransformerEncoder
 
@@ -352,3 +353,43 @@ def test_a_probe_stopped_at_max_iter_is_reported_with_the_setting_to_raise(caplo
     with caplog.at_level("WARNING", logger="selfsup.evaluation"):
         evaluation.fit_logistic(x, y, 10.0, 2000, 1e-8)
     assert caplog.text == ""
+
+
+def numpy_weighted_knn(train_x, train_y, test_x, test_y, k: int, temperature: float) -> float:
+    """DINO's weighted kNN written out: L2-normalize, cosine similarities, the k largest,
+    class votes summed with weights exp(similarity / T), the largest vote wins."""
+    train_n = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    test_n = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    similarity = test_n @ train_n.T
+    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    votes = np.zeros((len(test_x), int(train_y.max()) + 1))
+    for row, neighbours in enumerate(nearest):
+        np.add.at(
+            votes[row], train_y[neighbours], np.exp(similarity[row, neighbours] / temperature)
+        )
+    return float((votes.argmax(axis=1) == test_y).mean())
+
+
+def test_weighted_knn_matches_dinos_formula_written_in_numpy():
+    features, labels, split = gaussian_clusters(separation=0.8, seed=4)
+    train = (features[split == "train"], labels[split == "train"])
+    test = (features[split == "test"], labels[split == "test"])
+    for k, temperature in ((20, 0.07), (5, 0.5), (1, 0.07)):
+        config = WeightedKnnConfig(k=k, temperature=temperature)
+        expected = numpy_weighted_knn(*train, *test, k, temperature)
+        assert weighted_knn_accuracy(train, test, config) == pytest.approx(expected)
+
+
+def test_weighted_knn_lets_one_close_neighbour_outvote_two_far_ones():
+    """Where the majority vote follows the two distant neighbours, the weighted vote
+    follows the near one: the two protocols measure different things."""
+    train_x = np.array([[1.0, 0.05], [0.6, 0.8], [0.6, -0.8]])
+    train_y = np.array([0, 1, 1])
+    test = (np.array([[1.0, 0.0]]), np.array([0]))
+    assert weighted_knn_accuracy((train_x, train_y), test, WeightedKnnConfig(k=3)) == 1.0
+    assert knn_accuracy((train_x, train_y), test, k=3) == 0.0
+
+
+def test_every_feature_set_gets_the_weighted_knn(separable_metrics):
+    assert 0.0 <= separable_metrics["knn_weighted"]["test_accuracy"] <= 1.0
+    assert separable_metrics["knn_weighted"]["test_accuracy"] > 0.9

@@ -45,6 +45,8 @@ def comparison_frame(metrics: dict[str, dict], histories: dict[str, pd.DataFrame
             row[f"{shots}_shot_mean"] = 100 * score["mean"]
             row[f"{shots}_shot_std"] = 100 * score["std"]
         row["knn"] = 100 * m["knn"]["test_accuracy"]
+        weighted = m.get("knn_weighted", {}).get("test_accuracy", np.nan)
+        row["knn_weighted"] = 100 * weighted
         cost = training_cost(histories[name]) if name in histories else {}
         for key in ("epochs", "steps", "pretraining_s", "images_per_s"):
             row[key] = cost.get(key, np.nan)
@@ -66,7 +68,7 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
     """One markdown row per feature set: accuracies (mean ± std over low-shot draws),
     then the pretraining cost."""
     shots = shot_counts(frame)
-    header = ["features", "linear probe", *[f"{k}-shot" for k in shots], "kNN"]
+    header = ["features", "linear probe", *[f"{k}-shot" for k in shots], "kNN", "weighted kNN"]
     header += ["epochs", "pretraining (s)", "images/s"]
     lines = [
         "# Method comparison (test accuracy, %)",
@@ -79,6 +81,7 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
         cells += [f"{row[f'{k}_shot_mean']:.1f} ± {row[f'{k}_shot_std']:.1f}" for k in shots]
         cells += [
             f"{row['knn']:.1f}",
+            _cell(row["knn_weighted"], ".1f"),
             _cell(row["epochs"], ".0f"),
             _cell(row["pretraining_s"], ".1f"),
             _cell(row["images_per_s"], ".0f"),

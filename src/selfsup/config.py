@@ -11,7 +11,12 @@ allowed range. The core never imports this module: dependencies point one way.
 from __future__ import annotations
 
 from selfsup.data.sources import EvalSourceConfig, IngestionConfig, SplitConfig
-from selfsup.evaluation import EvaluationConfig, FeatureConfig, LowShotConfig
+from selfsup.evaluation import (
+    EvaluationConfig,
+    FeatureConfig,
+    LowShotConfig,
+    WeightedKnnConfig,
+)
 from selfsup.masks import BlockMaskConfig, MaskingConfig, MultiBlockConfig, RandomMaskConfig
 from selfsup.methods.ijepa import IJEPAConfig
 from selfsup.methods.mae import DecoderConfig, MAEConfig
@@ -54,6 +59,7 @@ __all__ = [
     "SplitConfig",
     "StrictModel",
     "TrainingConfig",
+    "WeightedKnnConfig",
     "check_range",
     "check_width",
 ]

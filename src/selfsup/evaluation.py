@@ -42,6 +42,14 @@ class LowShotConfig(StrictModel):
         return shots
 
 
+class WeightedKnnConfig(StrictModel):
+    """The kNN that DINO and solo-learn report: cosine similarity on L2-normalized
+    features, the k most similar train images voting with weight exp(similarity / T)."""
+
+    k: int = Field(20, ge=1)
+    temperature: float = Field(0.07, gt=0)
+
+
 class EvaluationConfig(StrictModel):
     """Linear probe, low-shot probe and kNN protocols."""
 
@@ -53,6 +61,7 @@ class EvaluationConfig(StrictModel):
     tol: float = Field(1e-8, gt=0, le=1e-2)
     low_shot: LowShotConfig = LowShotConfig()
     knn_k: int = Field(20, ge=1)
+    knn_weighted: WeightedKnnConfig = WeightedKnnConfig()
 
     @field_validator("c_grid")
     @classmethod
@@ -228,6 +237,27 @@ def knn_accuracy(
         return float(knn.fit(*train).score(*test))
 
 
+def weighted_knn_accuracy(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    config: WeightedKnnConfig,
+) -> float:
+    """DINO's and solo-learn's weighted kNN on the raw features (no standardization):
+    each of the k train features most similar by cosine votes for its class with
+    weight exp(similarity / temperature); scikit-learn's cosine distance is
+    1 - similarity. In float64, so the vote does not depend on the processor."""
+
+    def weights(distances: np.ndarray) -> np.ndarray:
+        return np.exp((1.0 - distances) / config.temperature)
+
+    knn = KNeighborsClassifier(
+        n_neighbors=min(config.k, len(train[1])), metric="cosine", weights=weights
+    )
+    with threadpool_limits(limits=_PROBE_THREADS):
+        knn.fit(train[0].astype(np.float64), train[1])
+        return float(knn.score(test[0].astype(np.float64), test[1]))
+
+
 def knn_protocol(
     train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int
 ) -> float:
@@ -277,6 +307,13 @@ def evaluate_features(
                 (features[splits == "train"], labels[splits == "train"]),
                 (features[splits == "test"], labels[splits == "test"]),
                 config.knn_k,
+            )
+        },
+        "knn_weighted": {
+            "test_accuracy": weighted_knn_accuracy(
+                (features[splits == "train"], labels[splits == "train"]),
+                (features[splits == "test"], labels[splits == "test"]),
+                config.knn_weighted,
             )
         },
         "feature_dim": int(features.shape[1]),

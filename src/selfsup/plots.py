@@ -125,6 +125,7 @@ def plot_comparison(comparison: pd.DataFrame) -> plt.Figure:
     protocols = [("linear probe", "linear_probe", None)]
     protocols += [(f"{k}-shot", f"{k}_shot_mean", f"{k}_shot_std") for k in shots]
     protocols.append(("kNN", "knn", None))
+    protocols.append(("weighted kNN", "knn_weighted", None))
     names = comparison["features"].tolist()
     positions = np.arange(len(names))
     width = 0.8 / len(protocols)
