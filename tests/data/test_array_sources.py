@@ -877,7 +877,8 @@ def test_cifar_folder_without_batches_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("payload", "refused"),
-    [(TouchOnUnpickle, "pathlib.Path.touch"), (ExecOnUnpickle, "builtins.exec")],
+    # Python 3.13 defines Path in pathlib._local; the pickle names that module.
+    [(TouchOnUnpickle, r"pathlib(\._local)?\.Path\.touch"), (ExecOnUnpickle, r"builtins\.exec")],
 )
 @pytest.mark.parametrize("where", ["whole file", "inside the dict"])
 def test_crafted_cifar_batch_is_refused_without_running_code(tmp_path, payload, refused, where):
