@@ -200,7 +200,7 @@ def train_and_probe(method: str, data: tuple, params: dict, args, device) -> dic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    checkpoint, history = pretrain_encoder(
+    checkpoint, history, _ = pretrain_encoder(
         images,
         samples,
         normalization,

@@ -35,6 +35,17 @@ def make_project_copy(dest: Path) -> Path:
 
 
 def kedro(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return _run_module(project, "kedro", args, timeout)
+
+
+def selfsup(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The `selfsup` command (`selfsup embed ...`) run in the project copy."""
+    return _run_module(project, "selfsup", args, timeout)
+
+
+def _run_module(
+    project: Path, module: str, args: tuple[str, ...], timeout: int
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DO_NOT_TRACK": "1",
@@ -46,7 +57,7 @@ def kedro(project: Path, *args: str, timeout: int = 300) -> subprocess.Completed
         "COLUMNS": "250",
     }
     return subprocess.run(
-        [sys.executable, "-m", "kedro", *args],
+        [sys.executable, "-m", module, *args],
         cwd=project,
         env=env,
         capture_output=True,

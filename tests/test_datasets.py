@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 from kedro.io import DatasetError
 
 from selfsup.config import EncoderConfig
-from selfsup.datasets import EncoderDataset, NumpyDataset
+from selfsup.datasets import EncoderDataset, MarkdownDataset, NumpyDataset, TimmModelDataset
 from selfsup.models import build_encoder
+from selfsup.models.timm_export import timm_encoder
 from selfsup.models.vit import encoder_checkpoint, encoder_from_checkpoint
+
+RGB_NORMALIZATION = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]}
 
 
 @pytest.mark.parametrize(
@@ -72,7 +78,9 @@ def test_encoder_dataset_round_trip(tmp_path, encoder_and_config):
     path = tmp_path / "models" / "encoder.pt"
     dataset = EncoderDataset(str(path))
     assert not dataset.exists()
-    checkpoint = encoder_checkpoint(encoder, config, image_size=8, patch_size=2)
+    checkpoint = encoder_checkpoint(
+        encoder, config, image_size=8, patch_size=2, normalization=RGB_NORMALIZATION
+    )
     dataset.save(checkpoint)
     assert dataset.exists()
     assert sorted(p.name for p in path.parent.iterdir()) == ["encoder.pt"]
@@ -84,6 +92,7 @@ def test_encoder_dataset_round_trip(tmp_path, encoder_and_config):
         "image_size": 8,
         "patch_size": 2,
         "in_chans": 3,
+        "normalization": RGB_NORMALIZATION,
     }
     loaded = dataset.load()
     assert loaded["state_dict"].keys() == encoder.state_dict().keys()
@@ -101,7 +110,7 @@ def test_encoder_dataset_round_trip(tmp_path, encoder_and_config):
 
 def test_encoder_dataset_saves_detached_tensors(tmp_path, encoder_and_config):
     encoder, config = encoder_and_config
-    checkpoint = encoder_checkpoint(encoder, config, 8, 2)
+    checkpoint = encoder_checkpoint(encoder, config, 8, 2, RGB_NORMALIZATION)
     checkpoint["state_dict"] = {
         name: tensor.clone().requires_grad_(tensor.is_floating_point())
         for name, tensor in checkpoint["state_dict"].items()
@@ -125,3 +134,66 @@ def test_failed_save_leaves_no_temporary_file(tmp_path):
     with pytest.raises((ValueError, DatasetError)):
         dataset.save(np.array([{"a": 1}], dtype=object))
     assert list(tmp_path.iterdir()) == []
+
+
+def table_rows(html: str) -> list[list[str]]:
+    """Header and body cells of the HTML table in a preview, row by row."""
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", html, flags=re.S)
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S) for row in rows]
+
+
+def test_numpy_preview_shows_shape_dtype_and_the_first_rows(tmp_path):
+    path = tmp_path / "features.npy"
+    values = np.arange(7 * 12, dtype=np.float32).reshape(7, 12) / 4
+    NumpyDataset(str(path)).save(values)
+    preview = NumpyDataset(str(path)).preview(rows=3, values=5)
+    assert preview.startswith("<p>shape (7, 12), dtype float32</p>")
+    header, *body = table_rows(preview)
+    assert header[1:] == ["0", "1", "2", "3", "4", "…"]
+    assert len(body) == 3
+    shown = np.array([[float(cell) for cell in row[1:6]] for row in body])
+    np.testing.assert_allclose(shown, values[:3, :5])
+    # Images (N, H, W, C) are shown a flattened row each.
+    images = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
+    NumpyDataset(str(tmp_path / "images.npy")).save(images)
+    preview = NumpyDataset(str(tmp_path / "images.npy")).preview(values=3)
+    assert "shape (2, 4, 4, 1), dtype uint8" in preview
+    assert table_rows(preview)[2][1:4] == ["16", "17", "18"]
+
+
+def test_encoder_preview_is_its_configuration_and_size(tmp_path, encoder_and_config):
+    encoder, config = encoder_and_config
+    path = tmp_path / "encoder.pt"
+    EncoderDataset(str(path)).save(encoder_checkpoint(encoder, config, 8, 2, RGB_NORMALIZATION))
+    preview = json.loads(EncoderDataset(str(path)).preview())
+    assert preview["encoder"] == config.model_dump()
+    assert preview["normalization"] == RGB_NORMALIZATION
+    assert preview["parameters"] == sum(p.numel() for p in encoder.state_dict().values())
+
+
+def test_timm_model_dataset_round_trip_and_preview(tmp_path, encoder_and_config):
+    encoder, config = encoder_and_config
+    model = timm_encoder(encoder_checkpoint(encoder, config, 8, 2, RGB_NORMALIZATION))
+    dataset = TimmModelDataset(str(tmp_path / "timm"))
+    assert not dataset.exists()
+    with pytest.raises(DatasetError, match="holds no exported model"):
+        dataset.load()
+    dataset.save(model)
+    assert dataset.exists()
+    loaded = dataset.load()
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), encoder(images).mean(dim=1))
+    preview = json.loads(dataset.preview())
+    assert preview["model_args"]["embed_dim"] == config.embed_dim
+    assert preview["pretrained_cfg"]["mean"] == RGB_NORMALIZATION["mean"]
+
+
+def test_markdown_preview_renders_the_table(tmp_path):
+    path = tmp_path / "comparison.md"
+    dataset = MarkdownDataset(filepath=str(path))
+    dataset.save("# Title\n\n| features | linear |\n|---|---|\n| ijepa | 98.9 |\n\n- a note\n")
+    preview = dataset.preview()
+    assert "<h1>Title</h1>" in preview
+    assert "<td>ijepa</td>" in preview and "<td>98.9</td>" in preview
+    assert "<li>a note</li>" in preview

@@ -24,6 +24,7 @@ from selfsup.evaluation import (
     few_shot_indices,
     knn_accuracy,
     select_c_and_score,
+    tsne_2d,
     weighted_knn_accuracy,
 )
 from selfsup.models import VisionTransformerEncoder
@@ -393,3 +394,21 @@ def test_weighted_knn_lets_one_close_neighbour_outvote_two_far_ones():
 def test_every_feature_set_gets_the_weighted_knn(separable_metrics):
     assert 0.0 <= separable_metrics["knn_weighted"]["test_accuracy"] <= 1.0
     assert separable_metrics["knn_weighted"]["test_accuracy"] > 0.9
+
+
+def test_tsne_map_is_repeatable_and_keeps_separated_classes_apart():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (3, 40))
+    labels = np.repeat(np.arange(3), 30)
+    features = (centres[labels] + rng.normal(0, 1, (90, 40))).astype(np.float32)
+    points = tsne_2d(features, seed=1)
+    assert points.shape == (90, 2) and np.isfinite(points).all()
+    np.testing.assert_array_equal(points, tsne_2d(features, seed=1))
+    # Every image's nearest neighbour on the map is of its own class.
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    assert (labels[distances.argmin(axis=1)] == labels).all()
+    # Few images: the perplexity shrinks below their count instead of failing.
+    assert tsne_2d(features[:7], seed=1).shape == (7, 2)
+    with pytest.raises(ValueError, match="at least 3 images"):
+        tsne_2d(features[:2], seed=1)

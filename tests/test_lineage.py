@@ -19,6 +19,20 @@ def test_file_fingerprint_follows_content_not_name_or_time(tmp_path):
     assert lineage.file_fingerprint(first) != lineage.file_fingerprint(second)
 
 
+def test_a_folder_is_fingerprinted_by_its_file_names_and_contents(tmp_path):
+    """Folder outputs (the timm export) get records like files do."""
+    folder = tmp_path / "timm"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "weights").write_bytes(b"w" * 100)
+    before = lineage.file_fingerprint(folder)
+    (folder / "sub" / "weights").write_bytes(b"w" * 99 + b"v")
+    changed = lineage.file_fingerprint(folder)
+    assert changed != before
+    (folder / "sub" / "weights").rename(folder / "sub" / "renamed")
+    assert lineage.file_fingerprint(folder) != changed
+
+
 def test_large_files_are_fingerprinted_from_blocks_spread_over_them(tmp_path):
     """Above 64 blocks of 64 KiB only sampled blocks are read: a change inside one of
     them (here the first and the last byte) changes the fingerprint."""

@@ -1,16 +1,21 @@
-"""selfsup file for ensuring the package is executable
-as `selfsup` and `python -m selfsup`
-"""
+"""The `selfsup` command (also `python -m selfsup`): `selfsup embed ...` embeds a folder
+of images (`selfsup.commands`); anything else runs the Kedro project, as `kedro run` does."""
 
 import sys
 from pathlib import Path
 from typing import Any
 
-from kedro.framework.cli.utils import find_run_command
-from kedro.framework.project import configure_project
+from selfsup.commands import embed_command
 
 
 def main(*args, **kwargs) -> Any:
+    if sys.argv[1:2] == ["embed"] and not args:
+        sys.exit(embed_command(sys.argv[2:]))
+    # Imported here: importing Kedro's project module configures Kedro's logging, which
+    # would print its set-up lines before `selfsup embed`'s own output.
+    from kedro.framework.cli.utils import find_run_command  # noqa: PLC0415
+    from kedro.framework.project import configure_project  # noqa: PLC0415
+
     package_name = Path(__file__).parent.name
     configure_project(package_name)
 

@@ -1,4 +1,4 @@
-"""Two small Kedro datasets that kedro-datasets does not offer.
+"""Kedro datasets that kedro-datasets does not offer, each with a kedro-viz preview.
 
 - `NumpyDataset`: one array in `.npy` (no pickles), optionally memory-mapped on load;
   saves arrays, memory-mapped arrays and lazy `ChunkedImages` a chunk at a time, so
@@ -6,20 +6,32 @@
 - `EncoderDataset`: encoder weights plus the configuration that rebuilds the encoder,
   in a `torch.save` file whose contents are plain tensors, strings and numbers, so
   it loads with `torch.load(weights_only=True)` and cannot run code.
-Both write to a temporary file and rename it, so a crash never leaves half a file.
+- `TimmModelDataset`: the encoder as a timm model folder (`config.json` +
+  `model.safetensors`), loadable with `timm.create_model("local-dir:...")`.
+- `MarkdownDataset`: kedro-datasets' text file, previewed as rendered Markdown.
+Each writes to a temporary file or folder and renames it, so a crash never leaves half
+of one.
 """
 
 from __future__ import annotations
 
+import html
+import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from kedro.io import AbstractDataset, DatasetError
+from kedro_datasets._typing import HTMLPreview, JSONPreview
+from kedro_datasets.text import TextDataset
+from markdown_it import MarkdownIt
+from timm.models.vision_transformer import VisionTransformer
 
 from selfsup.checkpoints import atomic_write
 from selfsup.data.chunked import ChunkedImages, write_npy
+from selfsup.models.timm_export import load_timm_folder, save_timm_folder, timm_folder_config
 
 
 class NumpyDataset(AbstractDataset[np.ndarray | ChunkedImages, np.ndarray]):
@@ -48,6 +60,19 @@ class NumpyDataset(AbstractDataset[np.ndarray | ChunkedImages, np.ndarray]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(PurePosixPath(self._filepath)), "mmap_mode": self._mmap_mode}
+
+    def preview(self, rows: int = 5, values: int = 8) -> HTMLPreview:
+        """Shape, dtype and the first `values` numbers of the first `rows` rows (each
+        row flattened), read from the memory-mapped file."""
+        array = np.load(self._filepath, mmap_mode="r", allow_pickle=False)
+        head = np.asarray(array[:rows]).reshape(min(rows, len(array)), -1)
+        table = pd.DataFrame(
+            head[:, :values], columns=[str(i) for i in range(head.shape[1])][:values]
+        )
+        if head.shape[1] > values:
+            table["…"] = "…"
+        caption = f"shape {array.shape}, dtype {array.dtype}"
+        return HTMLPreview(f"<p>{html.escape(caption)}</p>" + table.to_html(float_format="%.4g"))
 
 
 class EncoderDataset(AbstractDataset[dict, dict]):
@@ -80,3 +105,44 @@ class EncoderDataset(AbstractDataset[dict, dict]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(PurePosixPath(self._filepath))}
+
+    def preview(self) -> JSONPreview:
+        """The configuration that rebuilds the encoder and its parameter count."""
+        checkpoint = self.load()
+        parameters = sum(tensor.numel() for tensor in checkpoint["state_dict"].values())
+        return JSONPreview(json.dumps({**checkpoint["config"], "parameters": parameters}))
+
+
+class TimmModelDataset(AbstractDataset[VisionTransformer, VisionTransformer]):
+    """A headless timm ViT in timm's local folder format (`selfsup.models.timm_export`)."""
+
+    def __init__(self, filepath: str, metadata: dict | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> VisionTransformer:
+        if not (self._filepath / "config.json").is_file():
+            raise DatasetError(
+                f"{self._filepath} holds no exported model; run the pretraining pipeline first"
+            )
+        return load_timm_folder(self._filepath)
+
+    def save(self, data: VisionTransformer) -> None:
+        save_timm_folder(data, self._filepath)
+
+    def _exists(self) -> bool:
+        return (self._filepath / "config.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(PurePosixPath(self._filepath))}
+
+    def preview(self) -> JSONPreview:
+        """timm's `config.json`: the architecture, its arguments and the data config."""
+        return JSONPreview(json.dumps(timm_folder_config(self._filepath)))
+
+
+class MarkdownDataset(TextDataset):
+    """A Markdown text file that kedro-viz shows rendered (tables included)."""
+
+    def preview(self) -> HTMLPreview:
+        return HTMLPreview(MarkdownIt("commonmark").enable("table").render(self.load()))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.manifold import TSNE
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -74,19 +75,26 @@ class EvaluationConfig(StrictModel):
 logger = logging.getLogger(__name__)
 
 
-def check_pooling(pooling: str, grid_cells: int, depth: int, grid: int) -> None:
+def check_pooling(
+    pooling: str,
+    grid_cells: int,
+    depth: int,
+    grid: int,
+    names: tuple[str, str] = ("features.pooling", "features.grid_cells"),
+) -> None:
     """Refuses a read-out the encoder cannot give: `last4` needs 4 blocks, `grid` at
     most one cell per patch. Called before any training (the project hooks) and again
-    when the features are read, where the encoder may come from a checkpoint."""
+    when the features are read, where the encoder may come from a checkpoint. `names`
+    are the two settings as the user wrote them."""
     if pooling == "last4" and depth < 4:
         raise ValueError(
-            f"features.pooling='last4' needs 4 blocks but the encoder has {depth}; use "
+            f"{names[0]}='last4' needs 4 blocks but the encoder has {depth}; use "
             "pooling 'last' or 'grid', or a deeper encoder (encoder.depth)"
         )
     if pooling == "grid" and grid_cells > grid:
         raise ValueError(
-            f"features.grid_cells={grid_cells} asks for more cells per side than the "
-            f"encoder's {grid}x{grid} patch grid has patches; use grid_cells <= {grid}"
+            f"{names[1]}={grid_cells} asks for more cells per side than the "
+            f"encoder's {grid}x{grid} patch grid has patches; use {names[1]} <= {grid}"
         )
 
 
@@ -318,3 +326,17 @@ def evaluate_features(
         },
         "feature_dim": int(features.shape[1]),
     }
+
+
+def tsne_2d(features: np.ndarray, seed: int) -> np.ndarray:
+    """A 2-D t-SNE map of standardized features (scikit-learn, PCA initialization,
+    perplexity 30 or less when there are few points), float64 (N, 2); on one BLAS
+    thread with a fixed seed, so the same features give the same map."""
+    count = len(features)
+    if count < 3:
+        raise ValueError(f"a t-SNE map needs at least 3 images, got {count}")
+    scaled = StandardScaler().fit_transform(features.astype(np.float64))
+    perplexity = min(30.0, (count - 1) / 3)
+    with threadpool_limits(limits=_PROBE_THREADS):
+        tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, n_jobs=1)
+        return tsne.fit_transform(scaled)

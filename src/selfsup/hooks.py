@@ -57,8 +57,8 @@ def _registered_pipelines() -> dict[str, Pipeline]:
     }
 
 
-# The pretraining template's nodes (every method namespace has both).
-_TRAINING_NODES = {"pretrain", "plot_loss_curve"}
+# The pretraining template's nodes (every method namespace has all three).
+_TRAINING_NODES = {"pretrain", "export_to_timm", "plot_loss_curve"}
 
 
 class DistributedHooks:
@@ -317,7 +317,7 @@ class LineageHooks:
         path = _file_of(self._catalog, dataset_name)
         if path is None:
             written.append(lineage.data_fingerprint(data))
-        elif path.is_file():
+        elif path.exists():
             written.append(lineage.file_fingerprint(path))
         unsaved.discard(dataset_name)
         if unsaved:
@@ -331,5 +331,5 @@ class LineageHooks:
                 continue
             if path is None:
                 self._in_memory[name] = ancestry
-            elif distributed.is_main_process() and path.is_file():
+            elif distributed.is_main_process() and path.exists():
                 lineage.write_record(path, ancestry)

@@ -37,9 +37,14 @@ def record_path(data_file: str | Path) -> Path:
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """Hash of a file's size and content (of 64 blocks spread over it when it is large);
-    what a node wrote, so that a rerun that writes other data gets another id."""
+    """Hash of a file's size and content (of 64 blocks spread over it when it is large),
+    or of a folder's file names and their fingerprints; what a node wrote, so that a
+    rerun that writes other data gets another id."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = [(p.relative_to(path).as_posix(), file_fingerprint(p)) for p in files]
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as handle:

@@ -63,6 +63,29 @@ def plot_mask_preview(
     return fig
 
 
+def plot_examples(examples: dict[str, np.ndarray], title: str) -> plt.Figure:
+    """One row per named picture set (uint8 (B, H, W, C)), one column per image."""
+    names = list(examples)
+    count = len(examples[names[0]])
+    fig, axes = plt.subplots(
+        len(names), count, figsize=(1.4 * count + 0.8, 1.5 * len(names) + 0.6), squeeze=False
+    )
+    for row, name in enumerate(names):
+        for col in range(count):
+            picture = examples[name][col]
+            ax = axes[row, col]
+            if picture.shape[-1] == 1:
+                ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(picture)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(name, fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_training_history(history: pd.DataFrame, title: str) -> plt.Figure:
     """Loss per step (with a moving average), the schedules, and the representation
     monitors against steps: RankMe and the normalized feature std (with I-JEPA's
@@ -152,5 +175,28 @@ def plot_comparison(comparison: pd.DataFrame) -> plt.Figure:
         frameon=False,
     )
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_map(points: np.ndarray, classes: np.ndarray, title: str) -> plt.Figure:
+    """A 2-D map of images (t-SNE of their features), one colour per class."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    names = sorted(set(classes.tolist()))
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for index, name in enumerate(names):
+        chosen = classes == name
+        ax.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=10,
+            color=colours(index % colours.N),
+            label=str(name),
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    if len(names) <= 20:
+        ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig

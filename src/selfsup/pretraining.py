@@ -5,7 +5,7 @@ other machines can run exactly what the pipeline runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -13,13 +13,14 @@ import torch
 from pydantic import BaseModel, SerializeAsAny, ValidationError, model_validator
 
 from selfsup.checkpoints import TrainingCheckpoints
-from selfsup.data.preprocessing import NormalizedImages
+from selfsup.data.preprocessing import NormalizedImages, to_pixels
 from selfsup.data.splits import pretraining_rows
 from selfsup.masks import MaskingConfig
-from selfsup.methods import METHODS, build_method
+from selfsup.methods import METHODS, PretrainingMethod, build_method
 from selfsup.models.vit import EncoderConfig, encoder_checkpoint
 from selfsup.monitors import MonitorConfig, build_monitor
 from selfsup.params import StrictModel
+from selfsup.randomness import SampleDraws
 from selfsup.training import TrainingConfig, train
 
 
@@ -57,6 +58,20 @@ class PretrainingConfig(StrictModel):
         return {**data, "hyperparameters": hyperparameters}
 
 
+# Images in each method's example picture (data/08_reporting/<method>/examples.png).
+EXAMPLE_IMAGES = 8
+
+
+class PretrainingResult(NamedTuple):
+    """The evaluation encoder's checkpoint, the per-step history and the example
+    pictures (`method_examples`) with their title."""
+
+    checkpoint: dict
+    history: pd.DataFrame
+    examples: dict[str, np.ndarray]
+    examples_title: str
+
+
 def pretrain_encoder(
     model_input_images: np.ndarray,
     samples: pd.DataFrame,
@@ -67,10 +82,11 @@ def pretrain_encoder(
     seed: int,
     on_step: Callable[[dict], None] | None = None,
     checkpoints: TrainingCheckpoints | None = None,
-) -> tuple[dict, pd.DataFrame]:
+) -> PretrainingResult:
     """Train on the pretraining rows of `samples` (labels unused), read batch by batch
     from the (memory-mapped) uint8 images; return the evaluation encoder's checkpoint
-    (`selfsup.models.vit.encoder_from_checkpoint` rebuilds it) and the per-step history.
+    (`selfsup.models.vit.encoder_from_checkpoint` rebuilds it), the per-step history
+    and the method's example pictures.
 
     `on_step` receives each history row as it is recorded; `checkpoints` saves training
     checkpoints and resumes from them (`selfsup.checkpoints`)."""
@@ -103,6 +119,36 @@ def pretrain_encoder(
         monitor=monitor,
     )
     checkpoint = encoder_checkpoint(
-        method.evaluation_encoder(), encoder, masking.image_size, masking.patch_size
+        method.evaluation_encoder(), encoder, masking.image_size, masking.patch_size, normalization
     )
-    return checkpoint, history
+    rows = example_rows(samples)
+    examples = method_examples(
+        method, NormalizedImages(model_input_images, normalization), rows, seed
+    )
+    return PretrainingResult(checkpoint, history, examples, method.examples_title)
+
+
+def example_rows(samples: pd.DataFrame, count: int = EXAMPLE_IMAGES) -> np.ndarray:
+    """The images a method's example picture shows: the first `count` val images (never
+    trained on), or the first pretraining images when no image is labelled."""
+    val = np.flatnonzero(samples["split"].to_numpy() == "val")
+    rows = val if len(val) else np.flatnonzero(pretraining_rows(samples))
+    return rows[:count]
+
+
+def method_examples(
+    method: PretrainingMethod, images: NormalizedImages, rows: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
+    """The method's example pictures (`PretrainingMethod.examples`) of these rows, as
+    uint8 (B, H, W, C) arrays in [0, 255]; masks and views drawn as in epoch 0. Runs
+    after training and draws from its own generators, so training is unaffected."""
+    device = next(method.parameters()).device
+    was_training = method.training
+    method.eval()
+    with torch.no_grad():
+        pictures = method.examples(images[rows].to(device), SampleDraws(seed, 0, 0, rows))
+    method.train(was_training)
+    return {
+        name: to_pixels(batch.float().cpu(), images.normalization)
+        for name, batch in pictures.items()
+    }

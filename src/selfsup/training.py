@@ -108,14 +108,13 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is an error."""
+def resolve_device(name: str, setting: str = "training.device") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is an error that
+    names the `setting` it came from."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "training.device=cuda but no CUDA device is visible; use 'auto' or 'cpu'"
-        )
+        raise RuntimeError(f"{setting}=cuda but no CUDA device is visible; use 'auto' or 'cpu'")
     return torch.device(name)
 
 

@@ -194,7 +194,7 @@ def test_pretraining_node_runs_the_toy_method(toy, small_set):
         hyperparameters={"noise_std": 0.2},
         training=tiny_training(epochs=2, batch_size=4, warmup_epochs=0),
     )
-    checkpoint, history = pretrain(
+    checkpoint, history, _ = pretrain(
         images, samples, normalization, TINY_ENCODER, MASKING, pretraining, seed=3
     )
     # Only the 8 train-split images are used: 2 steps per epoch.

@@ -160,7 +160,8 @@ def test_checkpoint_round_trip_reproduces_outputs_exactly():
     with torch.no_grad():
         for param in encoder.parameters():
             param.add_(0.01 * torch.randn_like(param))
-    checkpoint = encoder_checkpoint(encoder, config, IMAGE, PATCH)
+    checkpoint = encoder_checkpoint(encoder, config, IMAGE, PATCH, {"mean": [0.4], "std": [0.3]})
+    assert checkpoint["config"]["normalization"] == {"mean": [0.4], "std": [0.3]}
     assert checkpoint["config"]["in_chans"] == CHANS
     torch.manual_seed(99)  # a different init must be fully overwritten
     rebuilt = encoder_from_checkpoint(checkpoint)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 import yaml
 
@@ -88,7 +89,9 @@ def test_every_catalog_output_exists_and_data_carries_its_lineage(data):
         if entry.get("metadata", {}).get("kedro-viz", {}).get("layer") != "reporting":
             recorded |= paths
     root = data.parent
-    assert not sorted(path for path in expected if not (root / path).is_file())
+    assert not sorted(path for path in expected if not (root / path).exists())
+    # Folder datasets (the timm export) hold files.
+    assert all(any((root / path).iterdir()) for path in expected if (root / path).is_dir())
     assert len(recorded) > 10
     assert not sorted(path for path in recorded if not (root / f"{path}.lineage.json").is_file())
     records = {
@@ -164,7 +167,9 @@ def test_mask_statistics(data):
 
 def test_figures_are_png_files(data):
     paths = [data / "08_reporting" / name for name in ("mask_preview.png", "comparison.png")]
-    paths += [data / "08_reporting" / method / "loss_curve.png" for method in METHODS]
+    for picture in ("loss_curve.png", "examples.png"):
+        paths += [data / "08_reporting" / method / picture for method in METHODS]
+    paths += [data / "08_reporting" / name / "tsne.png" for name in NAMES]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE, path
 
@@ -229,6 +234,23 @@ def test_encoder_checkpoint_produces_the_saved_features(data, method):
     features = encoder_features(encoder, to_model_input(model_input, normalization))
     saved = np.load(data / "04_feature" / method / "features.npy")
     np.testing.assert_allclose(saved, features, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_timm_export_gives_the_saved_features(data, method):
+    """The three lines the README shows a user, on what `kedro run` wrote."""
+    folder = data / "06_models" / method / "timm"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0).eval()
+    model_input = np.load(data / "05_model_input" / "images.npy")
+    normalization = read_json(data / "05_model_input" / "normalization.json")
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config["input_size"] == (1, 32, 32)
+    assert list(config["mean"]) == normalization["mean"]
+    assert list(config["std"]) == normalization["std"]
+    with torch.no_grad():
+        exported = model(to_model_input(model_input, normalization)).numpy()
+    saved = np.load(data / "04_feature" / method / "features.npy")
+    np.testing.assert_allclose(exported, saved, atol=1e-4)
 
 
 def test_features(data):
@@ -331,12 +353,17 @@ def test_one_namespace_runs_alone(tiny_run, tmp_path):
         "07_model_output/mae/training_history.csv",
         "04_feature/mae/features.npy",
         "07_model_output/mae/metrics.json",
+        "06_models/mae/timm",
     }
     records = {f"{path}.lineage.json" for path in data_written}
+    exported = {"06_models/mae/timm/config.json", "06_models/mae/timm/model.safetensors"}
     assert changed - live_logs - checkpoints == {
-        *data_written,
+        *(data_written - {"06_models/mae/timm"}),
+        *exported,
         *records,
         "08_reporting/mae/loss_curve.png",
+        "08_reporting/mae/examples.png",
+        "08_reporting/mae/tsne.png",
     }
 
 
@@ -419,3 +446,23 @@ def test_kedro_viz_build_shows_every_pipeline_namespace_and_preview(tiny_run, tm
     for name in ("comparison_chart", "mask_preview", *(f"{m}.loss_curve" for m in METHODS)):
         assert read_json(api / "nodes" / ids[name])["preview_type"] == "ImagePreview", name
     assert read_json(api / "nodes" / ids["comparison"])["preview_type"] == "TablePreview"
+    pictures = [f"{m}.examples" for m in METHODS] + [f"{n}.tsne" for n in NAMES]
+    for name in pictures:
+        assert read_json(api / "nodes" / ids[name])["preview_type"] == "ImagePreview", name
+    # The project's own datasets: arrays (shape, dtype, first rows), the encoder's and
+    # the timm export's configuration, the comparison rendered from Markdown.
+    for name in ("images", "model_input_images", *(f"{n}.features" for n in NAMES)):
+        array = read_json(api / "nodes" / ids[name])
+        assert array["preview_type"] == "HTMLPreview", name
+        assert "shape (" in array["preview"] and "<table" in array["preview"], name
+    features = read_json(api / "nodes" / ids["ijepa.features"])["preview"]
+    assert "shape (1797, 32), dtype float32" in features
+    encoder = read_json(api / "nodes" / ids["ijepa.encoder"])
+    assert encoder["preview_type"] == "JSONPreview"
+    assert json.loads(encoder["preview"])["encoder"]["embed_dim"] == 32
+    exported = read_json(api / "nodes" / ids["ijepa.timm_encoder"])
+    assert exported["preview_type"] == "JSONPreview"
+    assert json.loads(exported["preview"])["model_args"]["embed_dim"] == 32
+    report = read_json(api / "nodes" / ids["comparison_report"])
+    assert report["preview_type"] == "HTMLPreview"
+    assert "<table>" in report["preview"] and "<td>ijepa</td>" in report["preview"]

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from tests.helpers import TINY_RUN
-from tests.project import kedro, make_project_copy
+from tests.project import kedro, make_project_copy, selfsup
 
 # Whole kedro runs in subprocesses: the slow tier.
 pytestmark = pytest.mark.slow
@@ -151,6 +151,35 @@ def test_folder_run_probes_every_method_and_leaves_the_folder_untouched(labelled
     assert features.shape[0] == len(CLASSES) * PER_CLASS
     assert tree_fingerprint(root) == before
     assert not list((project / "data" / "02_intermediate").glob("staging-*"))
+
+
+def test_embed_gives_the_runs_features_for_the_same_folder(labelled_run, tmp_path):
+    """`selfsup embed` on the folder the run ingested: the same reader, size,
+    normalization and read-out, so the same features for every image."""
+    project, root, _, _ = labelled_run
+    out = tmp_path / "shapes.npy"
+    result = selfsup(
+        project,
+        "embed",
+        "--encoder",
+        "data/06_models/ijepa",
+        "--images",
+        "data/01_raw/shapes",
+        "--out",
+        str(out),
+        "--batch-size",
+        "5",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"embedded {len(CLASSES) * PER_CLASS} images" in result.stderr
+    samples = pd.read_csv(project / "data" / "02_intermediate" / "samples.csv")
+    saved = np.load(project / "data" / "04_feature" / "ijepa" / "features.npy")
+    by_path = dict(zip(samples["path"], saved, strict=True))
+    paths = pd.read_csv(out.with_suffix(".csv"))["path"]
+    assert sorted(paths) == sorted(samples["path"])
+    np.testing.assert_allclose(np.load(out), np.stack([by_path[p] for p in paths]), atol=1e-5)
+    rejected = pd.read_csv(out.with_suffix(".rejected.csv"))
+    assert list(rejected["path"]) == ["squares/broken.png"]
 
 
 def test_too_many_rejected_files_stop_the_run_after_writing_the_list(tmp_path):

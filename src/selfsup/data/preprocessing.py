@@ -84,6 +84,15 @@ def to_model_input(images: np.ndarray, normalization: dict) -> torch.Tensor:
     return _normalize(torch.from_numpy(np.ascontiguousarray(images)), normalization)
 
 
+def to_pixels(batch: torch.Tensor, normalization: dict) -> np.ndarray:
+    """float (N, C, H, W) normalized with `normalization` -> uint8 (N, H, W, C): the
+    inverse of `to_model_input`, clipped to [0, 255] (reconstructions overshoot)."""
+    mean = torch.tensor(normalization["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(normalization["std"]).view(1, -1, 1, 1)
+    pixels = ((batch * std + mean) * 255.0).round().clamp(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
 class NormalizedImages:
     """Rows of a uint8 (N, H, W, C) array, usually memory-mapped, read as normalized
     float32 (B, C, H, W) batches on demand: `images[indices]`. Only the batch is ever

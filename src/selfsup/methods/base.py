@@ -60,11 +60,14 @@ class PretrainingMethod(nn.Module, ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[BaseModel]]
+    # The title of the `examples` picture: what its rows show.
+    examples_title: ClassVar[str] = "Example images"
 
     def __init__(self, config: BaseModel, encoder: VisionTransformerEncoder, data: InputSpec):
         """Subclasses build their trainable parts from their validated `config`, the
         freshly initialized shared `encoder` and the input description `data`."""
         super().__init__()
+        self.data = data
 
     @abstractmethod
     def input_sampler(self) -> InputSampler:
@@ -87,6 +90,12 @@ class PretrainingMethod(nn.Module, ABC):
         inputs = self.input_sampler()(images, draws)
         return self.training_loss({k: v.to(images.device) for k, v in inputs.items()})
 
+    def examples(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        """Pictures of what the method does with `images` (normalized (B, C, H, W)): named
+        rows of the same shape, drawn as `<method>/examples.png` after training (in eval
+        mode, without gradients). The default shows the images alone."""
+        return {"image": images}
+
     def monitor_metrics(self, images: torch.Tensor) -> dict[str, float]:
         """Method-specific monitors on a held-out batch (in eval mode, no gradients)."""
         return {}
@@ -98,3 +107,16 @@ class PretrainingMethod(nn.Module, ABC):
     @abstractmethod
     def evaluation_encoder(self) -> VisionTransformerEncoder:
         """The encoder whose frozen features are evaluated."""
+
+
+def grey_outside(
+    images: torch.Tensor, visible: torch.Tensor, patch_size: int, data: InputSpec
+) -> torch.Tensor:
+    """`images` (B, C, H, W, normalized as `data` says) with every patch whose entry
+    in `visible` (B, N, row-major patches) is False painted mid-grey."""
+    batch, channels, height, width = images.shape
+    grid = visible.reshape(batch, 1, height // patch_size, width // patch_size)
+    shown = grid.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    mean = torch.tensor(data.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=images.device).view(1, -1, 1, 1)
+    return torch.where(shown.to(images.device), images, (0.5 - mean) / std)

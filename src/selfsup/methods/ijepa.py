@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import field_validator
 
 from selfsup.masks import MaskBatch, MaskSampler, build_mask_sampler, sample_masks
-from selfsup.methods.base import InputSpec, PretrainingMethod
+from selfsup.methods.base import InputSpec, PretrainingMethod, grey_outside
 from selfsup.methods.registry import register_method
 from selfsup.models import Predictor, VisionTransformerEncoder
 from selfsup.models.predictor import PredictorConfig
@@ -93,6 +93,7 @@ class IJEPAMasks:
 @register_method
 class IJEPA(PretrainingMethod):
     name = "ijepa"
+    examples_title = "I-JEPA: val images, one context block, the target blocks it predicts"
     config_class = IJEPAConfig
 
     def __init__(
@@ -167,6 +168,22 @@ class IJEPA(PretrainingMethod):
     def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         predictions, targets = self.predict(inputs)
         return prediction_loss(predictions.float(), targets.float(), self.config.loss)
+
+    def examples(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        """Each image, its context block and its target blocks (what is predicted)."""
+        masks = sample_masks(self.sampler, draws)
+        batch, patches = images.shape[0], self.context_encoder.num_patches
+        valid = masks.context_valid
+        context = np.zeros((batch, patches), dtype=bool)
+        context[np.nonzero(valid)[0], masks.context_indices[valid]] = True
+        targets = np.zeros((batch, patches), dtype=bool)
+        targets[np.arange(batch)[:, None], masks.target_indices.reshape(batch, -1)] = True
+        patch_size = self.data.masking.patch_size
+        return {
+            "image": images,
+            "context": grey_outside(images, torch.from_numpy(context), patch_size, self.data),
+            "targets": grey_outside(images, torch.from_numpy(targets), patch_size, self.data),
+        }
 
     def monitor_metrics(self, images: torch.Tensor) -> dict[str, float]:
         """Mean cosine similarity of each predicted target patch to its target, with

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from selfsup.methods.base import InputSpec, PretrainingMethod
+from selfsup.methods.base import InputSpec, PretrainingMethod, grey_outside
 from selfsup.methods.registry import register_method
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.tokens import TokenBlock, TokenLayout
@@ -79,6 +79,14 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, patch_size * patch_size * c)
 
 
+def unpatchify(patches: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
+    """(B, N, patch_size**2 * C) -> (B, C, H, W): the inverse of `patchify`."""
+    b, n, _ = patches.shape
+    grid = int(round(n**0.5))
+    x = patches.reshape(b, grid, grid, patch_size, patch_size, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, grid * patch_size, grid * patch_size)
+
+
 def masked_patch_loss(
     predictions: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor
 ) -> torch.Tensor:
@@ -133,6 +141,7 @@ class MAEDecoder(nn.Module):
 @register_method
 class MAE(PretrainingMethod):
     name = "mae"
+    examples_title = "MAE: val images, the visible patches, the reconstruction"
     config_class = MAEConfig
 
     def __init__(
@@ -174,6 +183,29 @@ class MAE(PretrainingMethod):
 
     def input_sampler(self) -> MAEMasks:
         return MAEMasks(self.encoder.num_patches, self.config.mask_ratio)
+
+    def examples(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        """Each image, what the encoder sees of it, and the decoder's reconstruction of
+        the hidden patches beside the visible ones (with norm_pix_loss the predictions
+        are per-patch standardized; each true patch's mean and spread undo that)."""
+        inputs = self.input_sampler()(images, draws)
+        kept = inputs["kept"].to(images.device)
+        predictions = self.reconstruct(images, kept, inputs["restore"]).float()
+        patches = patchify(images, self.patch_size)
+        if self.config.norm_pix_loss:
+            mean = patches.mean(dim=-1, keepdim=True)
+            var = patches.var(dim=-1, keepdim=True)
+            predictions = predictions * (var + 1e-6) ** 0.5 + mean
+        visible = torch.zeros(patches.shape[:2], dtype=torch.bool, device=images.device)
+        visible.scatter_(1, kept, True)
+        filled = torch.where(visible[..., None], patches, predictions)
+        return {
+            "image": images,
+            f"visible ({1 - self.config.mask_ratio:.0%})": grey_outside(
+                images, visible, self.patch_size, self.data
+            ),
+            "reconstruction": unpatchify(filled, self.patch_size, images.shape[1]),
+        }
 
     def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         images, kept, restore = inputs["images"], inputs["kept"], inputs["restore"]

@@ -154,6 +154,7 @@ class SimCLRViews:
 @register_method
 class SimCLR(PretrainingMethod):
     name = "simclr"
+    examples_title = "SimCLR: val images and the two augmented views it pulls together"
     config_class = SimCLRConfig
 
     def __init__(
@@ -178,6 +179,11 @@ class SimCLR(PretrainingMethod):
     def views(self, images: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
         """Two augmentations of each normalized image: (2, B, C, H, W)."""
         return self.input_sampler()(images, draws)["views"]
+
+    def examples(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
+        """Each image and the two views the loss pulls together."""
+        first, second = self.views(images, draws)
+        return {"image": images, "view 1": first, "view 2": second}
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The probe's feature h: average-pooled last-block tokens."""

@@ -218,9 +218,15 @@ def build_encoder(
 
 
 def encoder_checkpoint(
-    encoder: VisionTransformerEncoder, config: EncoderConfig, image_size: int, patch_size: int
+    encoder: VisionTransformerEncoder,
+    config: EncoderConfig,
+    image_size: int,
+    patch_size: int,
+    normalization: dict,
 ) -> dict:
-    """Weights plus everything needed to rebuild the module, as plain values."""
+    """Weights plus everything needed to rebuild the module and to prepare its input
+    (`normalization`: per-channel {"mean": [...], "std": [...]} in [0, 1] pixel units),
+    as plain values."""
     in_chans = encoder.patch_embed.proj.in_channels
     return {
         "state_dict": encoder.state_dict(),
@@ -229,6 +235,10 @@ def encoder_checkpoint(
             "image_size": image_size,
             "patch_size": patch_size,
             "in_chans": in_chans,
+            "normalization": {
+                "mean": [float(v) for v in normalization["mean"]],
+                "std": [float(v) for v in normalization["std"]],
+            },
         },
     }
 

@@ -1,7 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import BASELINES, PRETRAINED
-from selfsup.pipelines.evaluation.nodes import evaluate
+from selfsup.pipelines.evaluation.nodes import evaluate, plot_test_map_of
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -14,7 +14,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                     ["features", "samples", "params:evaluation", "params:seed"],
                     "metrics",
                     name="evaluate",
-                )
+                ),
+                node(
+                    plot_test_map_of(name),
+                    ["features", "samples", "params:seed"],
+                    "tsne",
+                    name="plot_test_tsne",
+                ),
             ],
             namespace=name,
             inputs={"samples"},

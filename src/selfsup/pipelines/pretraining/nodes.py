@@ -10,14 +10,16 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 from matplotlib.figure import Figure
+from timm.models.vision_transformer import VisionTransformer
 
 from selfsup import distributed
 from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
 from selfsup.data.fingerprint import images_fingerprint
 from selfsup.data.splits import pretraining_rows
+from selfsup.models.timm_export import timm_encoder
 from selfsup.pipelines.consistency import check_rows_match
-from selfsup.plots import plot_training_history
+from selfsup.plots import plot_examples, plot_training_history
 from selfsup.pretraining import pretrain_encoder
 
 
@@ -31,9 +33,10 @@ def pretrain(
     seed: int,
     live_dir: str | None = None,
     checkpoint_dir: str | None = None,
-) -> tuple[dict, pd.DataFrame]:
+) -> tuple[dict, pd.DataFrame, Figure]:
     """Train on the pretraining rows (labels unused), read batch by batch from the
-    (memory-mapped) images; return the evaluation encoder and history.
+    (memory-mapped) images; return the evaluation encoder, the history and the
+    method's example picture (`selfsup.pretraining.method_examples`).
 
     With `live_dir`, every step's loss and schedules are also logged there with dvclive
     as training goes (the DVC stage declares them as plots). With `checkpoint_dir`,
@@ -61,7 +64,7 @@ def pretrain(
             ),
         )
     with live:
-        return pretrain_encoder(
+        result = pretrain_encoder(
             model_input_images,
             samples,
             normalization,
@@ -72,11 +75,13 @@ def pretrain(
             on_step=_live_logger(live) if live_dir else None,
             checkpoints=checkpoints,
         )
+    figure = plot_examples(result.examples, result.examples_title)
+    return result.checkpoint, result.history, figure
 
 
 def pretrain_writing_to(
     live_dir: str, checkpoint_dir: str
-) -> Callable[..., tuple[dict, pd.DataFrame]]:
+) -> Callable[..., tuple[dict, pd.DataFrame, Figure]]:
     """`pretrain` with its dvclive and checkpoint folders bound. Unlike functools.partial,
     the result keeps `pretrain`'s name and type hints, which Kedro needs to validate
     parameters."""
@@ -150,3 +155,8 @@ def _live_logger(live: Live) -> Callable[[dict], None]:
 
 def plot_history(training_history: pd.DataFrame, pretraining: PretrainingConfig) -> Figure:
     return plot_training_history(training_history, pretraining.method)
+
+
+def export_to_timm(encoder: dict, pretraining: PretrainingConfig) -> VisionTransformer:
+    """The encoder as a timm model, tagged with its method, for use outside selfsup."""
+    return timm_encoder(encoder, name=f"selfsup-{pretraining.method}")

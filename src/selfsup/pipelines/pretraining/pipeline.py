@@ -1,7 +1,11 @@
 from kedro.pipeline import Pipeline, node
 
 from selfsup.pipelines import PRETRAINED
-from selfsup.pipelines.pretraining.nodes import plot_history, pretrain_writing_to
+from selfsup.pipelines.pretraining.nodes import (
+    export_to_timm,
+    plot_history,
+    pretrain_writing_to,
+)
 
 SHARED_INPUTS = {"model_input_images", "samples", "normalization"}
 SHARED_PARAMETERS = {"params:encoder", "params:masking", "params:seed"}
@@ -31,8 +35,14 @@ def method_pipeline(namespace: str) -> Pipeline:
                     "params:pretraining",
                     "params:seed",
                 ],
-                ["encoder", "training_history"],
+                ["encoder", "training_history", "examples"],
                 name="pretrain",
+            ),
+            node(
+                export_to_timm,
+                ["encoder", "params:pretraining"],
+                "timm_encoder",
+                name="export_to_timm",
             ),
             node(
                 plot_history,
