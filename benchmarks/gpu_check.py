@@ -200,7 +200,7 @@ def train_and_probe(method: str, data: tuple, params: dict, args, device) -> dic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    checkpoint, history, _ = pretrain_encoder(
+    result = pretrain_encoder(
         images,
         samples,
         normalization,
@@ -209,6 +209,7 @@ def train_and_probe(method: str, data: tuple, params: dict, args, device) -> dic
         pretraining,
         params["seed"],
     )
+    checkpoint, history = result.checkpoint, result.history
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     pretrain_s = time.perf_counter() - start
