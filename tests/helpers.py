@@ -84,6 +84,14 @@ TINY_RUN = {
         "training": _TINY_TRAINING,
         "hyperparameters": {"projection_head": {"hidden_dim": 32, "out_dim": 16}},
     },
+    "lejepa": {
+        "training": _TINY_TRAINING,
+        "hyperparameters": {
+            "views": 2,
+            "projector": {"hidden_dim": 32, "out_dim": 8},
+            "sigreg": {"directions": 32},
+        },
+    },
     "encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
     "masking": {"stats_num_masks": 1000},
     "evaluation": {"c_grid": [0.1, 1.0], "low_shot": {"draws": 2}},

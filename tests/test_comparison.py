@@ -136,10 +136,18 @@ def test_pretrained_rows_carry_their_training_cost(frame):
         assert row["images_per_s"] == pytest.approx(throughput)
 
 
+def test_the_final_loss_is_the_mean_over_the_last_epoch(frame):
+    rows = frame.set_index("features")
+    # Losses fall linearly from 1.0 to 0.5 over 6 steps (0.1 per step): ijepa's last
+    # epoch is steps 3-5 (0.7, 0.6, 0.5), simclr's steps 4-5 (0.6, 0.5).
+    assert rows.loc["ijepa", "final_loss"] == pytest.approx(0.6)
+    assert rows.loc["simclr", "final_loss"] == pytest.approx(0.55)
+
+
 def test_baseline_rows_have_no_training_cost(frame):
     baselines = frame[frame["kind"] == "baseline"]
     assert baselines["features"].tolist() == ["raw_pixels", "random_init"]
-    for column in ("epochs", "steps", "pretraining_s", "images_per_s"):
+    for column in ("epochs", "steps", "pretraining_s", "images_per_s", "final_loss"):
         assert baselines[column].isna().all(), column
 
 
@@ -191,6 +199,7 @@ HEADER = [
     "epochs",
     "pretraining (s)",
     "images/s",
+    "final loss",
 ]
 EXPECTED_CELLS = {
     "ijepa": [
@@ -204,6 +213,7 @@ EXPECTED_CELLS = {
         "2",
         "3.0",
         "32",
+        "0.6",
     ],
     "simclr": [
         "simclr",
@@ -216,6 +226,7 @@ EXPECTED_CELLS = {
         "3",
         "4.0",
         "12",
+        "0.55",
     ],
     "raw_pixels": [
         "raw_pixels",
@@ -228,6 +239,7 @@ EXPECTED_CELLS = {
         "–",
         "–",
         "–",
+        "–",
     ],
     "random_init": [
         "random_init",
@@ -237,6 +249,7 @@ EXPECTED_CELLS = {
         "50.0 ± 0.0",
         "55.0",
         "60.0",
+        "–",
         "–",
         "–",
         "–",

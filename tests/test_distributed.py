@@ -15,6 +15,7 @@ from selfsup import distributed
 from selfsup.batches import BatchPlan
 from selfsup.config import MaskingConfig
 from selfsup.methods import build_method
+from selfsup.randomness import SampleDraws
 from selfsup.training import train
 from tests.helpers import TINY_ENCODER, TINY_PREDICTOR, assert_same_weights, tiny_training
 from tests.project import free_port
@@ -24,6 +25,12 @@ HYPERPARAMETERS = {
     "ijepa": {"predictor": TINY_PREDICTOR},
     "mae": {"decoder": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
     "simclr": {"projection_head": {"hidden_dim": 32, "out_dim": 16}},
+    # BatchNorm off: per process on the CPU, it would make 2 processes differ from 1.
+    "lejepa": {
+        "views": 3,
+        "projector": {"hidden_dim": 32, "out_dim": 8, "batch_norm": False},
+        "sigreg": {"directions": 16},
+    },
 }
 # 40 images, global batch 16: 2 steps per epoch, 2 epochs, warmup 1 epoch.
 TRAINING = {"epochs": 2, "batch_size": 16, "crop_scale": (0.5, 1.0), "lr": 3e-3}
@@ -155,3 +162,49 @@ def test_batch_that_does_not_divide_into_processes_is_refused():
         ValueError, match=r"batch_size=30 .* 4 process\(es\) x training.accumulation_steps=2"
     ):
         BatchPlan(30, world_size=4, accumulation_steps=2)
+
+
+def lejepa_gradients(rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """The gradient of LeJEPA's loss for the images `rows` of `dataset()`, at step 0; in
+    a process group, averaged over ranks as DistributedDataParallel does."""
+    torch.manual_seed(0)
+    method = build_method("lejepa", HYPERPARAMETERS["lejepa"], TINY_ENCODER, MASKING, 1)
+    method.train()
+    loss = method.loss_on(dataset()[rows], SampleDraws(7, 0, 0, rows))
+    loss.backward()
+    gradients = {}
+    for name, parameter in method.named_parameters():
+        gradient = parameter.grad.detach().clone()
+        if distributed.is_running():
+            torch.distributed.all_reduce(gradient)
+            gradient /= distributed.world_size()
+        gradients[name] = gradient
+    return gradients
+
+
+def _lejepa_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    distributed.ensure_process_group(torch.device("cpu"))
+    rows = np.arange(16)[rank::world_size]
+    torch.save(lejepa_gradients(rows), Path(out) / f"rank{rank}.pt")
+
+
+def test_lejepa_sigreg_over_two_processes_has_the_gradient_of_one_process(tmp_path):
+    """SIGReg's statistic is over the global batch: each process gathers every
+    process's projections with their gradients, so two processes of 8 images give the
+    gradient of one process of 16 (a per-process statistic would not: N halves)."""
+    mp.spawn(_lejepa_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    rows = np.concatenate([np.arange(16)[0::2], np.arange(16)[1::2]])
+    single = lejepa_gradients(rows)
+    for name, expected in single.items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        torch.testing.assert_close(ranks[0][name], expected, atol=1e-6, rtol=1e-4)
+    assert max(g.abs().max().item() for g in single.values()) > 1e-4

@@ -73,7 +73,7 @@ def test_vit_b16_environment_is_the_papers_recipe_and_builds(tmp_path):
     encoder = EncoderConfig(**params["encoder"])
     assert encoder.weight_init == "trunc_normal"  # I-JEPA's; conf/base's xavier does not leak in
     base = OmegaConfigLoader(str(conf), env="base", **CONFIG_LOADER_ARGS)["parameters"]
-    for name in ("ijepa", "mae", "simclr"):
+    for name in PRETRAINED_NAMESPACES:
         config = PretrainingConfig(**params[name])
         assert config.training.batch_size == 2048 and config.training.epochs == 300
         # conf/base's monitors merge in (I-JEPA's every 40 steps, the others' every 20)
@@ -123,7 +123,9 @@ def test_one_line_of_the_shared_training_block_changes_every_method(tmp_path):
     changed = OmegaConfigLoader(str(tmp_path / "conf"), runtime_params={}, **CONFIG_LOADER_ARGS)[
         "parameters"
     ]
-    assert [changed[m]["training"]["loader_workers"] for m in PRETRAINED_NAMESPACES] == [3] * 3
+    assert [changed[m]["training"]["loader_workers"] for m in PRETRAINED_NAMESPACES] == [3] * len(
+        PRETRAINED_NAMESPACES
+    )
 
 
 def test_telemetry_is_off_for_every_kedro_command_in_the_project(monkeypatch):

@@ -27,6 +27,14 @@ def training_cost(history: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def final_loss(history: pd.DataFrame) -> float:
+    """The training loss at the end: its mean over the last epoch's steps (one step's
+    loss moves with its batch). Comparable between runs of one method, not across
+    methods."""
+    last_epoch = history["epoch"] == history["epoch"].iloc[-1]
+    return float(history.loc[last_epoch, "loss"].mean())
+
+
 def comparison_frame(metrics: dict[str, dict], histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per feature set, in the order of `metrics`; accuracies in percent.
 
@@ -50,6 +58,7 @@ def comparison_frame(metrics: dict[str, dict], histories: dict[str, pd.DataFrame
         cost = training_cost(histories[name]) if name in histories else {}
         for key in ("epochs", "steps", "pretraining_s", "images_per_s"):
             row[key] = cost.get(key, np.nan)
+        row["final_loss"] = final_loss(histories[name]) if name in histories else np.nan
         rows.append(row)
     frame = pd.DataFrame(rows)
     if "random_init" in metrics:
@@ -69,7 +78,7 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
     then the pretraining cost."""
     shots = shot_counts(frame)
     header = ["features", "linear probe", *[f"{k}-shot" for k in shots], "kNN", "weighted kNN"]
-    header += ["epochs", "pretraining (s)", "images/s"]
+    header += ["epochs", "pretraining (s)", "images/s", "final loss"]
     lines = [
         "# Method comparison (test accuracy, %)",
         "",
@@ -85,6 +94,7 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
             _cell(row["epochs"], ".0f"),
             _cell(row["pretraining_s"], ".1f"),
             _cell(row["images_per_s"], ".0f"),
+            _cell(row.get("final_loss", np.nan), ".4g"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []

@@ -20,12 +20,8 @@ from selfsup.evaluation import (
 from selfsup.masks import BlockMaskConfig, MaskingConfig, MultiBlockConfig, RandomMaskConfig
 from selfsup.methods.ijepa import IJEPAConfig
 from selfsup.methods.mae import DecoderConfig, MAEConfig
-from selfsup.methods.simclr import (
-    ColourJitterConfig,
-    ProjectionHeadConfig,
-    SimCLRAugmentationConfig,
-    SimCLRConfig,
-)
+from selfsup.methods.simclr import ProjectionHeadConfig, SimCLRAugmentationConfig, SimCLRConfig
+from selfsup.methods.views import AugmentationConfig, ColourJitterConfig
 from selfsup.models.predictor import PredictorConfig
 from selfsup.models.vit import EncoderConfig
 from selfsup.monitors import CollapseConfig, MonitorConfig
@@ -34,6 +30,7 @@ from selfsup.pretraining import PretrainingConfig
 from selfsup.training import TrainingConfig
 
 __all__ = [
+    "AugmentationConfig",
     "BlockMaskConfig",
     "CollapseConfig",
     "ColourJitterConfig",

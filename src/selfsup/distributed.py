@@ -69,10 +69,25 @@ def training_device(device: torch.device) -> torch.device:
     return device
 
 
+class _ContiguousGradient(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: gloo's all-to-all, which
+    returns an all_gather's gradients to their ranks, misreads strided tensors (a
+    gathered tensor used transposed got gradients off by a few per cent)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return gradient.contiguous()
+
+
 def gather_with_gradients(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's `tensor`, concatenated in rank order along dim 0; gradients flow
     back to the rank each row came from."""
-    return torch.cat(dist_functional.all_gather(tensor))
+    parts = dist_functional.all_gather(tensor.contiguous())
+    return torch.cat([_ContiguousGradient.apply(part) for part in parts])
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,6 @@ CONFIG_LOADER_ARGS = {
 # hyperparameters. Adding a method: one module registered with
 # selfsup.methods.register_method, one parameter block, its name here and in the method
 # lists of dvc.yaml (DVC cannot read this tuple).
-PRETRAINED_NAMESPACES = ("ijepa", "mae", "simclr")
+PRETRAINED_NAMESPACES = ("ijepa", "mae", "simclr", "lejepa")
 # Feature sets every method is compared with, in the same run and protocol.
 BASELINE_NAMESPACES = ("raw_pixels", "random_init")

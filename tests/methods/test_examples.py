@@ -23,6 +23,8 @@ GREY = (0.5 - 0.3) / 0.2  # mid-grey, normalized
 
 def method(name: str, **hyperparameters):
     torch.manual_seed(0)
+    if name == "lejepa":
+        hyperparameters = {"projector": {"hidden_dim": 16, "out_dim": 8}, **hyperparameters}
     built = build_method(name, hyperparameters, ENCODER, MASKING, 1, NORMALIZATION)
     return built.eval()
 
@@ -124,7 +126,7 @@ def test_examples_show_val_images_or_the_pretraining_ones_without_labels():
     assert example_rows(unlabelled, 3).tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("name", ["ijepa", "mae", "simclr"])
+@pytest.mark.parametrize("name", ["ijepa", "mae", "simclr", "lejepa"])
 def test_method_examples_are_uint8_pictures_repeatable_and_leave_the_mode(name):
     trained = method(name).train()
     pixels = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 1), dtype=np.uint8)

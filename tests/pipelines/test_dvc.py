@@ -26,7 +26,7 @@ from tests.helpers import TINY_RUN
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("ijepa", "mae", "simclr")
+METHODS = ("ijepa", "mae", "simclr", "lejepa")
 NAMES = (*METHODS, "raw_pixels", "random_init")
 PARAMETER_FILES = {
     "ijepa": "parameters_pretraining.yml",

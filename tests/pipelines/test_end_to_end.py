@@ -36,7 +36,7 @@ from tests.project import kedro, make_project_copy
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("ijepa", "mae", "simclr")
+METHODS = ("ijepa", "mae", "simclr", "lejepa")
 NAMES = (*METHODS, "raw_pixels", "random_init")
 PIPELINES = {"ingestion", "masking", "pretraining", "features", "evaluation", "report"}
 PIPELINES |= {"__default__"}

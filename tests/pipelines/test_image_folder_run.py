@@ -84,7 +84,7 @@ def tree_fingerprint(root: Path) -> dict[str, tuple]:
 def run_with(project: Path, ingestion: dict, *args: str):
     small_batches = {
         method: {**TINY_RUN[method], "training": {**TINY_RUN[method]["training"], "batch_size": 8}}
-        for method in ("ijepa", "mae", "simclr")
+        for method in ("ijepa", "mae", "simclr", "lejepa")
     }
     params = {
         **TINY_RUN,

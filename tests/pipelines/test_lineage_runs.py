@@ -34,7 +34,7 @@ def make_folder(root: Path, seed: int) -> None:
 def run(project: Path, folder: str, max_rejected: float, *args: str):
     small_batches = {
         method: {**TINY_RUN[method], "training": {**TINY_RUN[method]["training"], "batch_size": 8}}
-        for method in ("ijepa", "mae", "simclr")
+        for method in ("ijepa", "mae", "simclr", "lejepa")
     }
     params = {
         **TINY_RUN,

@@ -1,4 +1,4 @@
-"""Pretraining methods, looked up by name: importing this package registers the three
+"""Pretraining methods, looked up by name: importing this package registers the four
 the project ships (each module registers itself in `selfsup.methods.registry`)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from selfsup.masks import MaskingConfig
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.ijepa import IJEPA
+from selfsup.methods.lejepa import LeJEPA
 from selfsup.methods.mae import MAE
 from selfsup.methods.registry import METHODS, register_method
 from selfsup.methods.simclr import SimCLR
@@ -38,6 +39,7 @@ def build_method(
 __all__ = [
     "IJEPA",
     "MAE",
+    "LeJEPA",
     "METHODS",
     "InputSpec",
     "PretrainingMethod",

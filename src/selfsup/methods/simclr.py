@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from timm.layers import Mlp
 from torch import nn
-from torchvision.transforms import v2
 
 from selfsup import distributed
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.registry import register_method
+from selfsup.methods.views import AugmentationConfig, AugmentedViews, view_transform
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import init_weights
-from selfsup.params import FloatRange, StrictModel, check_range
-from selfsup.randomness import SampleDraws, seeded_torch_draws
+from selfsup.params import StrictModel
+from selfsup.randomness import SampleDraws
 
 
 class ProjectionHeadConfig(StrictModel):
@@ -29,36 +27,8 @@ class ProjectionHeadConfig(StrictModel):
     out_dim: int = Field(128, ge=1)
 
 
-class ColourJitterConfig(StrictModel):
-    """torchvision ColorJitter with the paper's strength parametrization: brightness,
-    contrast, saturation 0.8*s and hue 0.2*s, applied with probability p. On
-    single-channel images only brightness and contrast apply."""
-
-    strength: float = Field(0.5, ge=0)
-    p: float = Field(0.8, ge=0, le=1)
-
-
-class SimCLRAugmentationConfig(StrictModel):
-    """Per-view augmentations (torchvision v2), each configurable; paper defaults except
-    blur, which is off for small images as in the paper's CIFAR-10 setup."""
-
-    crop_scale: FloatRange = (0.08, 1.0)
-    crop_ratio: FloatRange = (0.75, 4 / 3)
-    horizontal_flip_p: float = Field(0.5, ge=0, le=1)
-    colour_jitter: ColourJitterConfig = ColourJitterConfig()
-    grayscale_p: float = Field(0.2, ge=0, le=1)
-    blur_p: float = Field(0.0, ge=0, le=1)
-    blur_sigma: FloatRange = (0.1, 2.0)
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _crop_scale_in_unit_interval(cls, value: FloatRange) -> FloatRange:
-        return check_range("augmentations.crop_scale", value, 0.0, 1.0)
-
-    @field_validator("crop_ratio", "blur_sigma")
-    @classmethod
-    def _positive_range(cls, value: FloatRange, info) -> FloatRange:
-        return check_range(f"augmentations.{info.field_name}", value, 0.0, math.inf, high_open=True)
+# SimCLR's name for the shared view augmentations (`selfsup.methods.views`).
+SimCLRAugmentationConfig = AugmentationConfig
 
 
 class SimCLRConfig(StrictModel):
@@ -66,7 +36,7 @@ class SimCLRConfig(StrictModel):
 
     temperature: float = Field(0.2, gt=0)
     projection_head: ProjectionHeadConfig = ProjectionHeadConfig()
-    augmentations: SimCLRAugmentationConfig = SimCLRAugmentationConfig()
+    augmentations: AugmentationConfig = AugmentationConfig()
 
 
 # Runs eagerly under torch.compile: Triton 3.6 (torch 2.11) failed to compile the fused
@@ -104,53 +74,6 @@ def nt_xent_loss(
     return F.cross_entropy(logits, partner)
 
 
-def view_transform(config: SimCLRAugmentationConfig, image_size: int, channels: int) -> v2.Compose:
-    """One random view of a [0, 1] image (C, H, W), built from torchvision v2."""
-    s = config.colour_jitter.strength
-    if channels == 3:
-        jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-    else:
-        # Saturation and hue are undefined without colour.
-        jitter = v2.ColorJitter(brightness=0.8 * s, contrast=0.8 * s)
-    steps = [
-        v2.RandomResizedCrop(
-            image_size, scale=config.crop_scale, ratio=config.crop_ratio, antialias=True
-        ),
-        v2.RandomHorizontalFlip(config.horizontal_flip_p),
-        v2.RandomApply([jitter], p=config.colour_jitter.p),
-    ]
-    if channels == 3:
-        steps.append(v2.RandomGrayscale(config.grayscale_p))
-    if config.blur_p > 0:
-        # Kernel about a tenth of the image side, as in the paper, and odd.
-        kernel = max(3, (image_size // 10) | 1)
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, config.blur_sigma)], p=config.blur_p))
-    return v2.Compose(steps)
-
-
-@dataclass(frozen=True)
-class SimCLRViews:
-    """Two independent augmentations of each image, each a function of (seed, epoch,
-    row): augmentation runs on [0, 1] pixels (colour jitter clamps to that range), one
-    image at a time because torchvision draws one set of parameters per call."""
-
-    augment: v2.Compose
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        pixels = (images.float() * std + mean).clamp(0, 1)
-        out = torch.empty((2, *pixels.shape), dtype=pixels.dtype, device=pixels.device)
-        with seeded_torch_draws() as generator:
-            for i, (image, seed) in enumerate(zip(pixels, draws.torch_seeds("views"), strict=True)):
-                generator.manual_seed(seed)
-                out[0, i] = self.augment(image)
-                out[1, i] = self.augment(image)
-        return {"views": (out - mean) / std}
-
-
 @register_method
 class SimCLR(PretrainingMethod):
     name = "simclr"
@@ -173,8 +96,8 @@ class SimCLR(PretrainingMethod):
         self.data = data
         self.augment = view_transform(config.augmentations, data.masking.image_size, data.channels)
 
-    def input_sampler(self) -> SimCLRViews:
-        return SimCLRViews(self.augment, self.data.mean, self.data.std)
+    def input_sampler(self) -> AugmentedViews:
+        return AugmentedViews(self.augment, self.data.mean, self.data.std)
 
     def views(self, images: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
         """Two augmentations of each normalized image: (2, B, C, H, W)."""
