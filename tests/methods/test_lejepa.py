@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.config import EncoderConfig, MaskingConfig, PretrainingConfig
 from selfsup.methods import METHODS, build_method
 from selfsup.methods.lejepa import (
@@ -167,3 +168,44 @@ def test_a_short_training_lowers_the_loss_and_keeps_the_embeddings_spread():
     with torch.no_grad():
         features = method.encoder(images).mean(dim=1)
     assert features.std(dim=0).mean() > 1e-3
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    """The projector's BatchNorm statistics and the per-step SIGReg directions come back
+    with the checkpoint: resuming mid-epoch ends on the same weights, bit for bit."""
+    images = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    training = {"epochs": 3, "batch_size": 16, "checkpoint_every": 3}
+    reference = tiny_lejepa()
+    train(reference, images, tiny_training(**training), seed=0)
+
+    def stop_after_four(row: dict) -> None:
+        if row["step"] + 1 == 4:
+            raise Interrupted
+
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(Interrupted):
+        train(
+            tiny_lejepa(),
+            images,
+            tiny_training(**training),
+            seed=0,
+            on_step=stop_after_four,
+            checkpoints=TrainingCheckpoints(folder, 3, 2, {"run": "lejepa"}),
+        )
+    torch.manual_seed(99)  # other initial weights: everything must come from the checkpoint
+    resumed = build_method("lejepa", SMALL, ENCODER, MASKING, in_chans=1)
+    train(
+        resumed,
+        images,
+        tiny_training(**training, resume=True),
+        seed=0,
+        checkpoints=TrainingCheckpoints(folder, 3, 2, {"run": "lejepa"}),
+    )
+    state = resumed.state_dict()
+    assert any("running_mean" in name for name in state)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, state[name]), name
