@@ -32,6 +32,7 @@ PARAMETER_FILES = {
     "ijepa": "parameters_pretraining.yml",
     "mae": "parameters_pretraining.yml",
     "simclr": "parameters_pretraining.yml",
+    "lejepa": "parameters_pretraining.yml",
     "encoder": "parameters_pretraining.yml",
     "masking": "parameters_masking.yml",
     "evaluation": "parameters_evaluation.yml",

@@ -264,6 +264,7 @@ def test_features(data):
         "ijepa": 32,
         "mae": 32,
         "simclr": 32,
+        "lejepa": 32,
         "raw_pixels": 32 * 32,
         "random_init": 32,
     }

@@ -146,7 +146,7 @@ def test_folder_run_lists_the_rejected_file_and_logs_the_count(labelled_run):
 def test_folder_run_probes_every_method_and_leaves_the_folder_untouched(labelled_run):
     project, root, before, _ = labelled_run
     metrics = json.loads((project / "data" / "08_reporting" / "metrics.json").read_text())
-    assert set(metrics) == {"ijepa", "mae", "simclr", "raw_pixels", "random_init"}
+    assert set(metrics) == {"ijepa", "mae", "simclr", "lejepa", "raw_pixels", "random_init"}
     features = np.load(project / "data" / "04_feature" / "ijepa" / "features.npy")
     assert features.shape[0] == len(CLASSES) * PER_CLASS
     assert tree_fingerprint(root) == before
@@ -233,7 +233,7 @@ def test_unlabelled_folder_pretrains_and_a_labelled_eval_source_is_probed(tmp_pa
     features = np.load(data / "04_feature" / "raw_pixels" / "features.npy")
     assert features.shape == (len(CLASSES) * PER_CLASS, 16 * 16 * 3)
     metrics = json.loads((data / "08_reporting" / "metrics.json").read_text())
-    assert set(metrics) == {"ijepa", "mae", "simclr", "raw_pixels", "random_init"}
+    assert set(metrics) == {"ijepa", "mae", "simclr", "lejepa", "raw_pixels", "random_init"}
 
 
 def test_unlabelled_folder_alone_stops_before_training(tmp_path):
