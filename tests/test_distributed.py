@@ -47,8 +47,8 @@ def trained(method_name: str, **training) -> tuple[dict, list[float]]:
     return method.state_dict(), history["loss"].tolist()
 
 
-def _rank(rank: int, world_size: int, port: int, out: str, training: dict) -> None:
-    """One torchrun-like process: the environment torchrun would set, then train."""
+def _as_torchrun_would(rank: int, world_size: int, port: int) -> None:
+    """The environment torchrun sets for one process, on one thread."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -57,6 +57,11 @@ def _rank(rank: int, world_size: int, port: int, out: str, training: dict) -> No
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+
+
+def _rank(rank: int, world_size: int, port: int, out: str, training: dict) -> None:
+    """One torchrun-like process: the environment torchrun would set, then train."""
+    _as_torchrun_would(rank, world_size, port)
     results = {name: trained(name, **training) for name in HYPERPARAMETERS}
     # Proof the ranks trained as one group, not as two single processes.
     results["group"] = (distributed.rank(), distributed.world_size())
@@ -183,14 +188,7 @@ def lejepa_gradients(rows: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def _lejepa_rank(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    _as_torchrun_would(rank, world_size, port)
     distributed.ensure_process_group(torch.device("cpu"))
     rows = np.arange(16)[rank::world_size]
     torch.save(lejepa_gradients(rows), Path(out) / f"rank{rank}.pt")
