@@ -2,8 +2,8 @@
 
 For each method of --methods (default ijepa mae simclr) at one model size (--size), the
 method is built as the pipeline builds it (`selfsup.methods.build_method` with the
-encoder, masking and the method's hyperparameters; AdamW over
-`selfsup.training.parameter_groups` with the method's lr, betas and first weight decay),
+encoder, masking and the method's hyperparameters; the optimizer training builds,
+`selfsup.training.build_optimizer`, with the method's first weight decay),
 and the real training step is timed:
 
     inputs = method.input_sampler()(batch, draws)       # masks or views, keyed by row
@@ -93,7 +93,7 @@ from selfsup.batches import random_resized_crops
 from selfsup.config import EncoderConfig, MaskingConfig, TrainingConfig
 from selfsup.methods import METHODS, build_method
 from selfsup.randomness import SampleDraws
-from selfsup.training import parameter_groups
+from selfsup.training import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -299,7 +299,7 @@ def measure(name: str, config: dict, args, device: torch.device, bf16: bool) -> 
     ).to(device)
     method.train()
     training = config["training"][name]
-    optimizer = torch.optim.AdamW(parameter_groups(method), lr=training.lr, betas=training.betas)
+    optimizer = build_optimizer(method, training)
     for group in optimizer.param_groups:
         if group["apply_weight_decay"]:
             group["weight_decay"] = training.weight_decay[0]

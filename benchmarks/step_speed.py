@@ -143,9 +143,14 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
     ).to(device)
     method.train()
     training = params[args.method]["training"]
-    optimizer = torch.optim.AdamW(
-        parameter_groups(method), lr=training["lr"], betas=tuple(training["betas"])
-    )
+    try:  # the optimizer this tree's training builds
+        from selfsup.training import TrainingConfig, build_optimizer
+
+        optimizer = build_optimizer(method, TrainingConfig(**training))
+    except ImportError:  # trees from before build_optimizer: AdamW's default implementation
+        optimizer = torch.optim.AdamW(
+            parameter_groups(method), lr=training["lr"], betas=tuple(training["betas"])
+        )
     model = torch.compile(method) if args.compile else method
     bf16 = autocast_bf16(device) and not args.fp32
     sampler = method.input_sampler()

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from dvclive import Live
 from matplotlib.figure import Figure
 
 from selfsup.config import (
@@ -30,7 +31,12 @@ from selfsup.pipelines.masking.nodes import (
     mask_preview,
     mask_statistics,
 )
-from selfsup.pipelines.pretraining.nodes import _run_identity, pretrain
+from selfsup.pipelines.pretraining.nodes import (
+    LIVE_SYNC_EVERY_STEPS,
+    _live_logger,
+    _run_identity,
+    pretrain,
+)
 
 ENCODER = EncoderConfig(embed_dim=16, depth=1, num_heads=2)
 MASKING = MaskingConfig(image_size=16, patch_size=2)
@@ -285,3 +291,38 @@ def test_inputs_of_two_runs_are_refused_before_any_work():
             PretrainingConfig(method="mae", training={"epochs": 2}),
             0,
         )
+
+
+def test_live_logger_writes_every_step_and_syncs_at_intervals(tmp_path, monkeypatch):
+    """Every history row becomes one row of each curve at its own step, but the
+    summary (and DVC Studio), which re-read every curve, sync only every
+    LIVE_SYNC_EVERY_STEPS steps and at the end: syncing every step made logging cost
+    grow with the square of the steps."""
+    steps = 2 * LIVE_SYNC_EVERY_STEPS + 7
+    syncs = []
+    with Live(str(tmp_path / "live"), dvcyaml=False, save_dvc_exp=False) as live:
+        original_sync = live.sync
+
+        def counting_sync() -> None:
+            syncs.append(live.step)
+            original_sync()
+
+        monkeypatch.setattr(live, "sync", counting_sync)
+        log = _live_logger(live)
+        for step in range(steps):
+            row = {"step": step, "epoch": 0, "loss": 1.0 / (step + 1), "elapsed_s": 0.1 * step}
+            if step % 40 == 0:
+                row["rankme"] = float(step)
+            log(row)
+        every = LIVE_SYNC_EVERY_STEPS
+        assert syncs == [every - 1, 2 * every - 1]
+    curves = tmp_path / "live" / "plots" / "metrics" / "train"
+    loss = pd.read_csv(curves / "loss.tsv", sep="\t")
+    assert loss["step"].tolist() == list(range(steps))
+    np.testing.assert_allclose(loss["loss"], [1.0 / (s + 1) for s in range(steps)])
+    assert pd.read_csv(curves / "rankme.tsv", sep="\t")["step"].tolist() == list(
+        range(0, steps, 40)
+    )
+    assert sorted(path.stem for path in curves.glob("*.tsv")) == ["loss", "rankme"]
+    summary = pd.read_json(tmp_path / "live" / "metrics.json", typ="series")
+    assert summary["train"]["loss"] == pytest.approx(1.0 / steps)

@@ -143,12 +143,24 @@ def _training_data_fingerprint(model_input_images: np.ndarray, samples: pd.DataF
 _NOT_CURVES = {"step", "epoch", "images_seen", "elapsed_s"}
 
 
+# Steps between two dvclive syncs (summary, report, DVC Studio). Each sync re-reads every
+# curve logged so far, so syncing every step made logging cost grow with the square of
+# the steps: 36 s of a 2,880-step run (docs/training-speed.md).
+LIVE_SYNC_EVERY_STEPS = 50
+
+
 def _live_logger(live: Live) -> Callable[[dict], None]:
+    """Logs each history row as dvclive step `row["step"]`; the curves' files grow
+    every step, the summary and DVC Studio every `LIVE_SYNC_EVERY_STEPS` steps and
+    when the run ends."""
+
     def log(row: dict) -> None:
+        live.step = row["step"]
         for name, value in row.items():
             if name not in _NOT_CURVES:
                 live.log_metric(f"train/{name}", value)
-        live.next_step()
+        if (row["step"] + 1) % LIVE_SYNC_EVERY_STEPS == 0:
+            live.sync()
 
     return log
 
