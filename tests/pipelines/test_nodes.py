@@ -33,8 +33,8 @@ from selfsup.pipelines.masking.nodes import (
 )
 from selfsup.pipelines.pretraining.nodes import (
     LIVE_SYNC_EVERY_STEPS,
-    _live_logger,
     _run_identity,
+    live_logger,
     pretrain,
 )
 
@@ -308,7 +308,7 @@ def test_live_logger_writes_every_step_and_syncs_at_intervals(tmp_path, monkeypa
             original_sync()
 
         monkeypatch.setattr(live, "sync", counting_sync)
-        log = _live_logger(live)
+        log = live_logger(live)
         for step in range(steps):
             row = {"step": step, "epoch": 0, "loss": 1.0 / (step + 1), "elapsed_s": 0.1 * step}
             if step % 40 == 0:

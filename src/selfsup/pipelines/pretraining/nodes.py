@@ -72,7 +72,7 @@ def pretrain(
             masking,
             pretraining,
             seed,
-            on_step=_live_logger(live) if live_dir else None,
+            on_step=live_logger(live) if live_dir else None,
             checkpoints=checkpoints,
         )
     figure = plot_examples(result.examples, result.examples_title)
@@ -149,7 +149,7 @@ _NOT_CURVES = {"step", "epoch", "images_seen", "elapsed_s"}
 LIVE_SYNC_EVERY_STEPS = 50
 
 
-def _live_logger(live: Live) -> Callable[[dict], None]:
+def live_logger(live: Live) -> Callable[[dict], None]:
     """Logs each history row as dvclive step `row["step"]`; the curves' files grow
     every step, the summary and DVC Studio every `LIVE_SYNC_EVERY_STEPS` steps and
     when the run ends."""
