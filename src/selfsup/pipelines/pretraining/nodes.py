@@ -144,8 +144,8 @@ _NOT_CURVES = {"step", "epoch", "images_seen", "elapsed_s"}
 
 
 # Steps between two dvclive syncs (summary, report, DVC Studio). Each sync re-reads every
-# curve logged so far, so syncing every step made logging cost grow with the square of
-# the steps: 36 s of a 2,880-step run (docs/training-speed.md).
+# curve logged so far, so a sync per step would cost in proportion to the square of the
+# steps (benchmarks/live_logging.py).
 LIVE_SYNC_EVERY_STEPS = 50
 
 
