@@ -89,6 +89,7 @@ from params import merge
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from selfsup.allocator import keep_freed_memory
 from selfsup.batches import random_resized_crops
 from selfsup.config import EncoderConfig, MaskingConfig, TrainingConfig
 from selfsup.methods import METHODS, build_method
@@ -461,6 +462,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    keep_freed_memory()  # as training does before its first step
     if args.steps < 1 or args.flop_steps < 1 or args.warmup < 0 or args.batch_size < 2:
         parser.error("--steps and --flop-steps must be >= 1, --warmup >= 0, --batch-size >= 2")
     if args.device == "cuda" and not torch.cuda.is_available():

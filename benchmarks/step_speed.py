@@ -1,6 +1,7 @@
 """Training-step speed of this checkout against an earlier commit, side by side.
 
-Times the real pretraining step (the method's input sampler: masks or views; forward
+Times the real pretraining step (after what the tree's training sets up first, the
+allocator's thresholds where it has them; the method's input sampler: masks or views; forward
 under the precision `training.precision: auto` picks on this device; backward; AdamW;
 the EMA or other after-step update) on a fixed batch of random images, for the
 current code and for a baseline commit, in alternating subprocesses (rounds), so both
@@ -151,6 +152,12 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
         optimizer = torch.optim.AdamW(
             parameter_groups(method), lr=training["lr"], betas=tuple(training["betas"])
         )
+    try:  # what this tree's training does to the allocator before its first step
+        from selfsup.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:  # trees from before it: glibc's malloc as it comes
+        pass
     model = torch.compile(method) if args.compile else method
     bf16 = autocast_bf16(device) and not args.fp32
     sampler = method.input_sampler()

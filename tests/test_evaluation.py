@@ -212,10 +212,8 @@ def test_read_outs_the_encoder_cannot_give_are_refused(pooling, cells, depth, gr
     check_pooling("last", cells, depth, grid)
 
 
-def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):
-    """lbfgs stopped at max_iter depends on how float sums are split over threads, so
-    the probes pin BLAS to one thread: the same features give the same accuracy on any
-    machine."""
+def record_blas_threads(monkeypatch) -> list[int]:
+    """The BLAS thread count each probe fit sees, appended as the fits happen."""
     seen = []
 
     class RecordingLogisticRegression(LogisticRegression):
@@ -224,6 +222,14 @@ def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):
             return super().fit(x, y)
 
     monkeypatch.setattr(evaluation, "LogisticRegression", RecordingLogisticRegression)
+    return seen
+
+
+def test_probes_fit_on_one_blas_thread_whatever_the_process_allows(monkeypatch):
+    """lbfgs stopped at max_iter depends on how float sums are split over threads, so
+    the probes pin BLAS to one thread: the same features give the same accuracy on any
+    machine."""
+    seen = record_blas_threads(monkeypatch)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 4
     with threadpool_limits(limits=2, user_api="blas"):
@@ -412,3 +418,24 @@ def test_tsne_map_is_repeatable_and_keeps_separated_classes_apart():
     assert tsne_2d(features[:7], seed=1).shape == (7, 2)
     with pytest.raises(ValueError, match="at least 3 images"):
         tsne_2d(features[:2], seed=1)
+
+
+def test_probes_fitted_side_by_side_equal_serial_fits_each_on_one_blas_thread(monkeypatch):
+    """fit_probes runs the fits in threads: each result is what a serial fit gives, and
+    every fit still sees one BLAS thread, even while other threads start and finish
+    theirs."""
+    features, labels, split = gaussian_clusters(separation=0.8, seed=2)
+    part = {
+        name: (features[split == name], labels[split == name]) for name in ("train", "val", "test")
+    }
+    rng = np.random.default_rng(0)
+    subsets = [part["train"]]
+    for shots in (1, 2, 3, 1, 2, 3):
+        chosen = few_shot_indices(part["train"][1], shots, rng)
+        subsets.append((part["train"][0][chosen], part["train"][1][chosen]))
+    serial = [select_c_and_score(subset, part["val"], part["test"], CONFIG) for subset in subsets]
+    seen = record_blas_threads(monkeypatch)
+    monkeypatch.setattr(evaluation, "probe_workers", lambda: 3)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert evaluation.fit_probes(subsets, part, CONFIG) == serial
+    assert len(seen) >= len(subsets) * len(CONFIG.c_grid) and set(seen) == {1}

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from selfsup import batches, precision
 from selfsup.batches import BatchPlan, random_horizontal_flips, random_resized_crops
 from selfsup.checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from selfsup.config import TrainingConfig
+from selfsup.crops import crop_box, resized_crops
 from selfsup.data.preprocessing import NormalizedImages, to_model_input
 from selfsup.evaluation import encoder_features
 from selfsup.methods import build_method
@@ -283,6 +285,54 @@ def test_random_resized_crops_are_per_image_and_keyed_by_row():
     torch.manual_seed(5)
     random_resized_crops(images, (0.2, 0.5), draws)
     assert torch.equal(torch.rand(1), expected_next)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 24, 40), (2, 17, 9)])
+def test_resized_crops_equal_torchvisions_resized_crop_image_by_image(shape):
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(40, *shape, generator=generator)
+    height, width = shape[1:]
+    rng = np.random.default_rng(0)
+    boxes = [crop_box(rng, height, width, (0.05, 1.0)) for _ in range(39)]
+    boxes.append((0, 0, height, width))  # the whole image: returned as it is
+    out = resized_crops(images, torch.tensor(boxes))
+    expected = torch.stack(
+        [
+            v2.functional.resized_crop(image, *box, [height, width], antialias=True)
+            for image, box in zip(images, boxes, strict=True)
+        ]
+    )
+    assert out.shape == images.shape
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out[-1], images[-1], atol=1e-6, rtol=0)
+
+
+def test_crop_boxes_follow_torchvisions_rule():
+    rng = np.random.default_rng(1)
+    scale, ratio = (0.3, 0.8), (0.75, 4 / 3)
+    boxes = np.array([crop_box(rng, 32, 48, scale, ratio) for _ in range(4000)])
+    top, left, height, width = boxes.T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + height <= 32).all() and (left + width <= 48).all()
+    # Rounding the sides to whole pixels moves area and aspect by at most half a pixel.
+    area = height * width / (32 * 48)
+    assert area.min() > scale[0] * 0.9 and area.max() < scale[1] * 1.1
+    aspect = width / height
+    assert aspect.min() > ratio[0] * 0.9 and aspect.max() < ratio[1] * 1.1
+    # Means against torchvision's own draws of the same transform.
+    crop = v2.RandomResizedCrop([32, 48], scale=scale, ratio=ratio)
+    torch.manual_seed(0)
+    reference = np.array(
+        [
+            [p["height"], p["width"]]
+            for p in (crop.make_params([torch.zeros(1, 32, 48)]) for _ in range(4000))
+        ]
+    )
+    assert abs(area.mean() - (reference.prod(axis=1) / (32 * 48)).mean()) < 0.01
+    assert abs(aspect.mean() - (reference[:, 1] / reference[:, 0]).mean()) < 0.02
+    # No draw fits (every aspect ratio is wider than the image allows at full area):
+    # torchvision's centre crop of the widest allowed ratio.
+    assert crop_box(np.random.default_rng(2), 32, 32, (1.0, 1.0), (2.0, 3.0)) == (8, 0, 16, 32)
 
 
 def test_horizontal_flips_mirror_about_half_the_rows_each_keyed_by_its_row():

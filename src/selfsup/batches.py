@@ -16,25 +16,20 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
 
+from selfsup.crops import crop_box, resized_crops
 from selfsup.data.preprocessing import NormalizedImages
 from selfsup.methods.base import InputSampler
-from selfsup.randomness import SampleDraws, seeded_torch_draws
+from selfsup.randomness import SampleDraws
 
 
 def random_resized_crops(
     images: torch.Tensor, scale: tuple[float, float], draws: SampleDraws
 ) -> torch.Tensor:
-    """A RandomResizedCrop per image (torchvision's draws one per call), each a function
-    of (seed, epoch, row)."""
-    crop = v2.RandomResizedCrop(list(images.shape[-2:]), scale=scale, antialias=True)
-    out = torch.empty_like(images)
-    with seeded_torch_draws() as generator:
-        for i, (image, seed) in enumerate(zip(images, draws.torch_seeds("crops"), strict=True)):
-            generator.manual_seed(seed)
-            out[i] = crop(image)
-    return out
+    """A RandomResizedCrop per image, each a function of (seed, epoch, row)."""
+    height, width = images.shape[-2:]
+    boxes = [crop_box(rng, height, width, scale) for rng in draws.per_sample("crops")]
+    return resized_crops(images, torch.tensor(boxes, dtype=torch.int64))
 
 
 def random_horizontal_flips(

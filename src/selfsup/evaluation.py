@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -277,6 +279,29 @@ def knn_protocol(
     return knn_accuracy((train_x, train[1]), (test_x, test[1]), k)
 
 
+def probe_workers() -> int:
+    """Threads that fit probes side by side: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fit_probes(
+    subsets: list[tuple[np.ndarray, np.ndarray]],
+    part: dict[str, tuple[np.ndarray, np.ndarray]],
+    config: EvaluationConfig,
+) -> list[dict]:
+    """`select_c_and_score` of each train subset, in order, fitted by `probe_workers`
+    threads at once (lbfgs spends its time in BLAS and numpy, which release the GIL).
+    Each fit still runs on one BLAS thread, so every number is what a serial run gives:
+    the limit is set once around the pool, because threads entering and leaving their
+    own limits would restore each other's thread counts mid-fit."""
+    with threadpool_limits(limits=_PROBE_THREADS), ThreadPoolExecutor(probe_workers()) as pool:
+        return list(
+            pool.map(
+                lambda train: select_c_and_score(train, part["val"], part["test"], config), subsets
+            )
+        )
+
+
 def evaluate_features(
     features: np.ndarray,
     labels: np.ndarray,
@@ -296,19 +321,19 @@ def evaluate_features(
     part = {name: (x[splits == name], labels[splits == name]) for name in ("train", "val", "test")}
 
     rng = np.random.default_rng(seed)
+    subsets = {"linear": part["train"]}
+    for shots in config.low_shot.shots:
+        for draw in range(config.low_shot.draws):
+            chosen = few_shot_indices(part["train"][1], shots, rng)
+            subsets[shots, draw] = (part["train"][0][chosen], part["train"][1][chosen])
+    probes = dict(zip(subsets, fit_probes(list(subsets.values()), part, config), strict=True))
     low_shot = {}
     for shots in config.low_shot.shots:
-        scores = []
-        for _ in range(config.low_shot.draws):
-            chosen = few_shot_indices(part["train"][1], shots, rng)
-            subset = (part["train"][0][chosen], part["train"][1][chosen])
-            scores.append(
-                select_c_and_score(subset, part["val"], part["test"], config)["test_accuracy"]
-            )
+        scores = [probes[shots, draw]["test_accuracy"] for draw in range(config.low_shot.draws)]
         low_shot[str(shots)] = {"mean": float(np.mean(scores)), "std": float(np.std(scores))}
 
     return {
-        "linear_probe": select_c_and_score(part["train"], part["val"], part["test"], config),
+        "linear_probe": probes["linear"],
         "low_shot": low_shot,
         "knn": {
             "test_accuracy": knn_protocol(

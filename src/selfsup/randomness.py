@@ -10,12 +10,9 @@ and a resumed run needs no saved random state to continue exactly.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 # Keys are always four integers long: numpy's SeedSequence treats trailing zeros as
 # absent, so keys of different lengths could collide.
@@ -74,20 +71,7 @@ class SampleDraws:
             return np.empty(0, dtype=np.int64)
         return np.setdiff1d(self.batch_indices, self.indices)
 
-    def torch_seeds(self, stream: str) -> list[int]:
-        """One torch seed per row, for torchvision transforms, which draw from torch's
-        global generator."""
-        return [int(rng.integers(2**62)) for rng in self.per_sample(stream)]
-
     @classmethod
     def first_batch(cls, batch_size: int, seed: int = 0) -> SampleDraws:
         """Rows 0..batch_size-1 at epoch 0, step 0 (tests, benchmarks)."""
         return cls(seed, 0, 0, np.arange(batch_size))
-
-
-@contextmanager
-def seeded_torch_draws() -> Iterator[torch.Generator]:
-    """torch's global CPU generator, to reseed per sample, restored on exit so callers'
-    own torch draws (weight init, dropout) are untouched."""
-    with torch.random.fork_rng(devices=[]):
-        yield torch.default_generator

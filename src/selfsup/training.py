@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from selfsup import distributed
+from selfsup.allocator import keep_freed_memory
 from selfsup.batches import BatchPlan, MethodInputs, method_inputs
 from selfsup.checkpoints import TrainingCheckpoints
 from selfsup.data.preprocessing import NormalizedImages
@@ -278,6 +279,7 @@ def _start_run(
         config.accumulation_steps,
     )
     _check_can_train(config, images.shape[0], device)
+    keep_freed_memory()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     method.to(device)

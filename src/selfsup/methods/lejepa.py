@@ -22,7 +22,7 @@ from torch import nn
 from selfsup import distributed
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.registry import register_method
-from selfsup.methods.views import AugmentationConfig, AugmentedViews, view_transform
+from selfsup.methods.views import AugmentationConfig, AugmentedViews, ViewAugmentation
 from selfsup.models import VisionTransformerEncoder
 from selfsup.params import StrictModel
 from selfsup.randomness import SampleDraws
@@ -130,7 +130,9 @@ class LeJEPA(PretrainingMethod):
         self.config = config
         self.encoder = encoder
         self.projector = projector(encoder.embed_dim, config.projector)
-        self.augment = view_transform(config.augmentations, data.masking.image_size, data.channels)
+        self.augment = ViewAugmentation(
+            config.augmentations, data.masking.image_size, data.channels
+        )
 
     def input_sampler(self) -> LeJEPAInputs:
         views = AugmentedViews(self.augment, self.data.mean, self.data.std, self.config.views)

@@ -13,7 +13,7 @@ from torch import nn
 from selfsup import distributed
 from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.registry import register_method
-from selfsup.methods.views import AugmentationConfig, AugmentedViews, view_transform
+from selfsup.methods.views import AugmentationConfig, AugmentedViews, ViewAugmentation
 from selfsup.models import VisionTransformerEncoder
 from selfsup.models.vit import init_weights
 from selfsup.params import StrictModel
@@ -94,7 +94,9 @@ class SimCLR(PretrainingMethod):
             # trunc_normal keeps the head at PyTorch's default, as it always was.
             self.projection_head.apply(partial(init_weights, scheme="xavier"))
         self.data = data
-        self.augment = view_transform(config.augmentations, data.masking.image_size, data.channels)
+        self.augment = ViewAugmentation(
+            config.augmentations, data.masking.image_size, data.channels
+        )
 
     def input_sampler(self) -> AugmentedViews:
         return AugmentedViews(self.augment, self.data.mean, self.data.std)

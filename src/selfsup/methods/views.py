@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
+from selfsup.crops import crop_box, resized_crops
 from selfsup.params import FloatRange, StrictModel, check_range
-from selfsup.randomness import SampleDraws, seeded_torch_draws
+from selfsup.randomness import SampleDraws
 
 
 class ColourJitterConfig(StrictModel):
@@ -47,37 +49,127 @@ class AugmentationConfig(StrictModel):
         return check_range(f"augmentations.{info.field_name}", value, 0.0, math.inf, high_open=True)
 
 
-def view_transform(config: AugmentationConfig, image_size: int, channels: int) -> v2.Compose:
-    """One random view of a [0, 1] image (C, H, W), built from torchvision v2."""
-    s = config.colour_jitter.strength
-    if channels == 3:
-        jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-    else:
-        # Saturation and hue are undefined without colour.
-        jitter = v2.ColorJitter(brightness=0.8 * s, contrast=0.8 * s)
-    steps = [
-        v2.RandomResizedCrop(
-            image_size, scale=config.crop_scale, ratio=config.crop_ratio, antialias=True
-        ),
-        v2.RandomHorizontalFlip(config.horizontal_flip_p),
-        v2.RandomApply([jitter], p=config.colour_jitter.p),
-    ]
-    if channels == 3:
-        steps.append(v2.RandomGrayscale(config.grayscale_p))
-    if config.blur_p > 0:
-        # Kernel about a tenth of the image side, as in the paper, and odd.
-        kernel = max(3, (image_size // 10) | 1)
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, config.blur_sigma)], p=config.blur_p))
-    return v2.Compose(steps)
+# ColorJitter's four adjustments, applied in a random order per view as torchvision does.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+@dataclass(frozen=True)
+class ViewDraws:
+    """The random choices of N views, one row each: crop box (top, left, height, width),
+    mirror, whether colour jitter applies, the order of its adjustments and their factors
+    (brightness, contrast, saturation, hue), grayscale, blur and its sigma."""
+
+    boxes: np.ndarray  # (N, 4) int
+    flip: np.ndarray  # (N,) bool
+    jitter: np.ndarray  # (N,) bool
+    order: np.ndarray  # (N, 4) int, a permutation of the adjustments per view
+    factors: np.ndarray  # (N, 4) float, in the adjustments' order BRIGHTNESS..HUE
+    grayscale: np.ndarray  # (N,) bool
+    blur: np.ndarray  # (N,) bool
+    sigma: np.ndarray  # (N,) float
+
+
+@dataclass(frozen=True)
+class ViewAugmentation:
+    """SimCLR's view augmentation of [0, 1] images (C, H, W): RandomResizedCrop,
+    horizontal flip, colour jitter with the paper's strength parametrization (p), random
+    grayscale (colour images) and Gaussian blur, with torchvision's parameter rules.
+
+    torchvision draws one set of parameters per call, so a batch would cost one call per
+    view; here the parameters of every view are drawn first (`draw`) and the batch is
+    transformed at once (`apply`), which gives what torchvision's functional ops give
+    view by view with the same parameters (tests/methods/test_views.py)."""
+
+    config: AugmentationConfig
+    image_size: int
+    channels: int
+
+    @property
+    def blur_kernel(self) -> int:
+        # About a tenth of the image side, as in the paper, and odd.
+        return max(3, (self.image_size // 10) | 1)
+
+    def draw_one(self, rng: np.random.Generator) -> tuple:
+        """One view's choices, in a fixed order from `rng`."""
+        config = self.config
+        box = crop_box(rng, self.image_size, self.image_size, config.crop_scale, config.crop_ratio)
+        flip = rng.random() < config.horizontal_flip_p
+        jitter = rng.random() < config.colour_jitter.p
+        order = rng.permutation(4)
+        spread = 0.8 * config.colour_jitter.strength
+        factors = [rng.uniform(max(0.0, 1 - spread), 1 + spread) for _ in range(3)]
+        hue_spread = 0.2 * config.colour_jitter.strength
+        factors.append(rng.uniform(-hue_spread, hue_spread))
+        grayscale = rng.random() < config.grayscale_p
+        blur = rng.random() < config.blur_p
+        sigma = rng.uniform(*config.blur_sigma)
+        return box, flip, jitter, order, factors, grayscale, blur, sigma
+
+    def draw(self, rngs: list[np.random.Generator], count: int) -> ViewDraws:
+        """`count` views of each image, image i's from `rngs[i]`, view-major: row
+        v * len(rngs) + i is view v of image i."""
+        per_image = [[self.draw_one(rng) for _ in range(count)] for rng in rngs]
+        views = [per_image[i][v] for v in range(count) for i in range(len(rngs))]
+        columns = list(zip(*views, strict=True))
+        return ViewDraws(
+            boxes=np.array(columns[0], dtype=np.int64).reshape(-1, 4),
+            flip=np.array(columns[1], dtype=bool),
+            jitter=np.array(columns[2], dtype=bool),
+            order=np.array(columns[3], dtype=np.int64).reshape(-1, 4),
+            factors=np.array(columns[4], dtype=np.float64).reshape(-1, 4),
+            grayscale=np.array(columns[5], dtype=bool),
+            blur=np.array(columns[6], dtype=bool),
+            sigma=np.array(columns[7], dtype=np.float64),
+        )
+
+    def apply(self, pixels: torch.Tensor, draws: ViewDraws) -> torch.Tensor:
+        """Views (N, C, H, W) of [0, 1] pixels (N, C, H, W), row n by `draws` row n."""
+        out = resized_crops(pixels, torch.from_numpy(draws.boxes))
+        flip = torch.from_numpy(draws.flip).to(out.device)[:, None, None, None]
+        out = torch.where(flip, out.flip(-1), out)
+        if self.config.colour_jitter.strength > 0:
+            for position in range(4):
+                for adjustment in range(4):
+                    rows = draws.jitter & (draws.order[:, position] == adjustment)
+                    self._adjust(out, np.flatnonzero(rows), adjustment, draws.factors)
+        if self.channels == 3:
+            rows = torch.from_numpy(np.flatnonzero(draws.grayscale)).to(out.device)
+            out[rows] = F.rgb_to_grayscale(out[rows], num_output_channels=3)
+        for row in np.flatnonzero(draws.blur):
+            kernel = [self.blur_kernel, self.blur_kernel]
+            out[row] = F.gaussian_blur(out[row], kernel, [float(draws.sigma[row])] * 2)
+        return out
+
+    def _adjust(
+        self, out: torch.Tensor, rows: np.ndarray, adjustment: int, factors: np.ndarray
+    ) -> None:
+        """One jitter adjustment of `out`'s `rows` in place, each by its own factor."""
+        if len(rows) == 0 or (self.channels == 1 and adjustment in (SATURATION, HUE)):
+            return  # saturation and hue are undefined without colour
+        if adjustment == HUE:
+            # Hue goes through HSV, which torchvision computes well; views that need it
+            # (colour images only) are adjusted one by one.
+            for row in rows:
+                out[row] = F.adjust_hue(out[row], float(factors[row, HUE]))
+            return
+        index = torch.from_numpy(rows).to(out.device)
+        images = out[index]
+        factor = torch.from_numpy(factors[rows, adjustment]).to(images)[:, None, None, None]
+        if adjustment == BRIGHTNESS:
+            out[index] = (images * factor).clamp_(0, 1)
+            return
+        gray = F.rgb_to_grayscale(images) if self.channels == 3 else images
+        if adjustment == CONTRAST:
+            gray = gray.mean(dim=(-3, -2, -1), keepdim=True)
+        out[index] = (images * factor + gray * (1 - factor)).clamp_(0, 1)
 
 
 @dataclass(frozen=True)
 class AugmentedViews:
     """`count` independent augmentations of each image, all a function of (seed, epoch,
-    row): augmentation runs on [0, 1] pixels (colour jitter clamps to that range), one
-    image at a time because torchvision draws one set of parameters per call."""
+    row): augmentation runs on [0, 1] pixels (colour jitter clamps to that range)."""
 
-    augment: v2.Compose
+    augment: ViewAugmentation
     mean: tuple[float, ...]
     std: tuple[float, ...]
     count: int = 2
@@ -86,10 +178,7 @@ class AugmentedViews:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         pixels = (images.float() * std + mean).clamp(0, 1)
-        out = torch.empty((self.count, *pixels.shape), dtype=pixels.dtype, device=pixels.device)
-        with seeded_torch_draws() as generator:
-            for i, (image, seed) in enumerate(zip(pixels, draws.torch_seeds("views"), strict=True)):
-                generator.manual_seed(seed)
-                for view in range(self.count):
-                    out[view, i] = self.augment(image)
-        return {"views": (out - mean) / std}
+        choices = self.augment.draw(draws.per_sample("views"), self.count)
+        views = self.augment.apply(pixels.repeat(self.count, 1, 1, 1), choices)
+        views = views.view(self.count, *pixels.shape)
+        return {"views": (views - mean) / std}
