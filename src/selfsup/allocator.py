@@ -4,7 +4,7 @@ A CPU training step allocates and frees the same activation and gradient buffers
 step. glibc's malloc gives large freed blocks back to the operating system (blocks it
 mapped on their own, and the top of the heap once more than a threshold is free), so
 the next step takes page faults to get them back: 4 million in 80 LeJEPA steps at the
-default size, a sixth of the step's time (`benchmarks/allocator.py`). Raising glibc's
+default size, about a fifth of their time (`benchmarks/allocator.py`). Raising glibc's
 two thresholds keeps those blocks in the process; the cost is that the process keeps
 its peak memory until it exits instead of shrinking between steps.
 """
