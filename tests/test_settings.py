@@ -40,7 +40,7 @@ def test_runtime_params_deep_merge_into_base(tmp_path):
     params = loader(tmp_path, None, RUNTIME)["parameters"]
     assert params["ijepa"]["training"]["epochs"] == 1
     assert params["ijepa"]["method"] == "ijepa"
-    assert params["ijepa"]["training"]["batch_size"] == 64
+    assert params["ijepa"]["training"]["batch_size"] == 32  # the base file's, kept
 
 
 def test_runtime_params_with_a_local_parameters_file_keep_base_blocks(tmp_path):
@@ -111,9 +111,11 @@ def test_one_line_of_the_shared_training_block_changes_every_method(tmp_path):
     assert {params[m]["training"]["loader_workers"] for m in PRETRAINED_NAMESPACES} == {
         shared["loader_workers"]
     }
-    assert params["ijepa"]["training"]["epochs"] == 180  # a method's own value wins
+    assert params["ijepa"]["training"]["epochs"] == 120  # a method's own value wins
+    assert params["ijepa"]["training"]["batch_size"] == 32
+    assert params["mae"]["training"]["batch_size"] == shared["batch_size"] == 64
     assert params["mae"]["training"]["epochs"] == shared["epochs"]
-    assert params["ijepa"]["monitors"]["every_steps"] == 40
+    assert params["ijepa"]["monitors"]["every_steps"] == 100
     assert params["simclr"]["monitors"] == params["_monitors"]
 
     pretraining = tmp_path / "conf" / "base" / "parameters_pretraining.yml"
