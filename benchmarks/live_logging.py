@@ -59,7 +59,7 @@ def seconds(make_logger: Callable[[Live], Callable[[dict], None]], history: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2880, help="I-JEPA's default run: 2,880")
+    parser.add_argument("--steps", type=int, default=2880, help="history rows to log")
     parser.add_argument("--monitor-every", type=int, default=40)
     args = parser.parse_args()
     history = rows(args.steps, args.monitor_every)
