@@ -237,6 +237,7 @@ def train_and_probe(method: str, data: tuple, params: dict, args, device) -> dic
         "method": method,
         "epochs": pretraining.training.epochs,
         "steps": steps,
+        "batch_size": pretraining.training.batch_size,
         "train_images": int(pretraining_rows(samples).sum()),
         "pretrain_s": pretrain_s,
         "images_per_s": steps * pretraining.training.batch_size / pretrain_s,

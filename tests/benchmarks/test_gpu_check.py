@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["ijepa", "mae", "simclr"]
@@ -71,11 +72,14 @@ def test_steps_are_timed_and_counted_for_every_method_and_size(dry_run):
 def test_digits_experiment_trains_every_method_and_probes_it(dry_run):
     record, _ = dry_run
     assert [row["method"] for row in record["digits"]] == METHODS
+    pretraining = yaml.safe_load((ROOT / "conf/base/parameters_pretraining.yml").read_text())
     for row in record["digits"]:
         assert row["epochs"] == 1
-        # the train split (60 % of 1,797 digits) in full batches of conf/base's 64
+        # the train split (60 % of 1,797 digits) in full batches of the method's conf/base batch
+        batch_size = pretraining[row["method"]]["training"]["batch_size"]
+        assert row["batch_size"] == batch_size
         assert 1070 <= row["train_images"] <= 1085
-        assert row["steps"] == row["train_images"] // 64
+        assert row["steps"] == row["train_images"] // batch_size
         assert row["pretrain_s"] > 0
         scores = [
             row["metrics"]["linear_probe"]["test_accuracy"],
