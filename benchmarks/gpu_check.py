@@ -1,6 +1,6 @@
 """Every GPU check of the project in one call, written as JSON and a short text table.
 
-1. Step throughput of I-JEPA, MAE and SimCLR at ViT-B/16, 224 px (`conf/vit_b16`), the
+1. Step throughput of I-JEPA, MAE, SimCLR and LeJEPA at ViT-B/16, 224 px (`conf/vit_b16`), the
    largest batch of --vit-batches that fits, eager and torch.compile'd, in the precision
    `training.precision: auto` picks (bf16 on CUDA), with FLOPs per step counted by
    torch's FlopCounterMode and MFU against a bf16 matmul timed in the same run
@@ -63,7 +63,7 @@ from selfsup.precision import trains_in_bf16
 from selfsup.pretraining import pretrain_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ijepa", "mae", "simclr")
+METHODS = ("ijepa", "mae", "simclr", "lejepa")
 MIB = 2**20
 
 

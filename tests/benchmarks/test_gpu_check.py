@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ["ijepa", "mae", "simclr"]
+METHODS = ["ijepa", "mae", "simclr", "lejepa"]
 
 
 @pytest.fixture(scope="module")
