@@ -26,7 +26,7 @@ import sys
 import time
 
 import torch
-from default_run import cpu_model
+from machine import cpu_model
 from pretrain_throughput import configuration
 
 import selfsup.training

@@ -42,7 +42,7 @@ import torch
 import yaml
 
 # Run as a script, this folder is on sys.path.
-from default_run import cpu_model, write_json
+from machine import cpu_model, write_json
 from pretrain_throughput import configuration, matmul_peak, measure, register_cpu_attention_flops
 
 from selfsup.config import (

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 # Run as a script, this folder is on sys.path.
-from default_run import cpu_model, write_json
+from machine import cpu_model, write_json
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from default_run import cpu_model
+from machine import cpu_model
 from pretrain_throughput import base_parameters
 from torchvision.transforms import v2
 

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from default_run import cpu_model
 from dvclive import Live
+from machine import cpu_model
 
 from selfsup.pipelines.pretraining.nodes import LIVE_SYNC_EVERY_STEPS, live_logger
 

@@ -20,7 +20,7 @@ import statistics
 import time
 
 import torch
-from default_run import cpu_model
+from machine import cpu_model
 from pretrain_throughput import configuration, random_batch
 
 from selfsup.methods import build_method

@@ -84,7 +84,7 @@ import torch
 import yaml
 
 # Run as a script, this folder is on sys.path.
-from default_run import cpu_model, write_json
+from machine import cpu_model, write_json
 from params import merge
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode

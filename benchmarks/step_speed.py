@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 # Run as a script, this folder is on sys.path.
-from default_run import cpu_model
+from machine import cpu_model
 from params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
