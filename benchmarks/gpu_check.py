@@ -146,19 +146,24 @@ def step_items(args, device) -> dict[str, list[tuple[str, str, list[int], bool]]
 
 
 def profile_step(size: str, method: str, batch_size: int, device, bf16, out: Path) -> None:
-    """The kernels of a few eager steps, heaviest first, to DIR/profile_<size>_<method>.txt."""
+    """The kernels of 3 eager steps, heaviest first, to DIR/profile_<size>_<method>.txt.
+    The model's set-up and the first steps are left out (the profiler's schedule waits
+    for them): moving the model to the GPU is one large copy, not the step's."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     settings = argparse.Namespace(
         batch_size=batch_size, seed=0, flop_steps=1, warmup=2, steps=3, crops=False, compile=False
     )
+    # The FLOP-counting step and the first warm-up step wait; the second warms the
+    # profiler up; the 3 timed steps are recorded.
+    schedule = torch.profiler.schedule(wait=2, warmup=1, active=settings.steps)
     # verbose: Python source lines are recorded with the events (torch 2.x needs it).
     stacks = torch._C._profiler._ExperimentalConfig(verbose=True)
     with torch.profiler.profile(
-        activities=activities, with_stack=True, experimental_config=stacks
+        activities=activities, schedule=schedule, with_stack=True, experimental_config=stacks
     ) as profiler:
-        measure(method, configuration(size, [method]), settings, device, bf16)
+        measure(method, configuration(size, [method]), settings, device, bf16, profiler.step)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     table = profiler.key_averages().table(sort_by=sort, row_limit=25)
     # The same events by the Python lines that issued them: where copies come from.

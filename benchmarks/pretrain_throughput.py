@@ -77,6 +77,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +278,16 @@ def current_rss_kib() -> int:
     return 0
 
 
-def measure(name: str, config: dict, args, device: torch.device, bf16: bool) -> dict:
+def measure(
+    name: str,
+    config: dict,
+    args,
+    device: torch.device,
+    bf16: bool,
+    after_step: Callable[[], None] | None = None,
+) -> dict:
+    """One method's training step: FLOPs, time, memory. `after_step` is called after
+    every step (e.g. a profiler's `step`, so that it can leave out the set-up)."""
     gc.collect()
     rss_reset = False
     if device.type == "cuda":
@@ -329,6 +339,8 @@ def measure(name: str, config: dict, args, device: torch.device, bf16: bool) -> 
         optimizer.step()
         method.after_optimizer_step(step, total_steps)
         step += 1
+        if after_step is not None:
+            after_step()
         return value
 
     # Untimed steps under the FLOP counter (it slows a step down). I-JEPA's FLOPs vary

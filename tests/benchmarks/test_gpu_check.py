@@ -98,3 +98,55 @@ def test_text_table_lists_every_row(dry_run):
     assert text.count("| default |") == 2 * len(METHODS)  # eager and compiled
     for method in METHODS:
         assert f"| {method} | 1 |" in text
+
+
+@pytest.mark.slow
+def test_profile_records_the_timed_steps_only(tmp_path):
+    """--profile leaves the model's set-up and the first steps out: the table counts
+    exactly the 3 profiled steps."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--flop-steps",
+            "1",
+            "--methods",
+            "ijepa",
+            "--vit-batches",
+            "2",
+            "--default-batch",
+            "8",
+            "--no-digits",
+            "--no-compile",
+            "--profile",
+            "default",
+            "ijepa",
+            "--out",
+            str(tmp_path),
+            "--reference",
+            str(tmp_path / "missing.json"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The first table sums every operation over the profiled steps (the second splits
+    # them by the Python lines that issued them).
+    table = (tmp_path / "profile_default_ijepa.txt").read_text().split("\n\n")[0]
+    step_rows = [line.split() for line in table.splitlines() if "ProfilerStep*" in line]
+    assert step_rows and all(row[-1] == "3" for row in step_rows)
+    # Each step runs AdamW once: 3 steps, 3 optimizer steps, none from set-up or warm-up.
+    adamw_rows = [
+        line.split() for line in table.splitlines() if "Optimizer.step#AdamW.step" in line
+    ]
+    assert adamw_rows and all(row[-1] == "3" for row in adamw_rows)
