@@ -15,25 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["ijepa", "mae", "simclr", "lejepa"]
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("gpu_check")
+def run_on_cpu(out: Path, *options: str) -> None:
+    """gpu_check.py on the CPU with `options`, its files in `out`; fails the test when
+    the script fails."""
     done = subprocess.run(
         [
             sys.executable,
             str(ROOT / "benchmarks" / "gpu_check.py"),
             "--device",
             "cpu",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--compile-warmup",
-            "1",
-            "--flop-steps",
-            "1",
-            "--default-batch",
-            "16",
+            *options,
             "--out",
             str(out),
             "--reference",
@@ -47,6 +38,16 @@ def dry_run(tmp_path_factory) -> tuple[dict, str]:
         timeout=1200,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("gpu_check")
+    run_on_cpu(
+        out,
+        *("--steps", "2", "--warmup", "1", "--compile-warmup", "1", "--flop-steps", "1"),
+        *("--default-batch", "16"),
+    )
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.txt").read_text()
 
 
@@ -104,42 +105,12 @@ def test_text_table_lists_every_row(dry_run):
 def test_profile_records_the_timed_steps_only(tmp_path):
     """--profile leaves the model's set-up and the first steps out: the table counts
     exactly the 3 profiled steps."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "gpu_check.py"),
-            "--device",
-            "cpu",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--flop-steps",
-            "1",
-            "--methods",
-            "ijepa",
-            "--vit-batches",
-            "2",
-            "--default-batch",
-            "8",
-            "--no-digits",
-            "--no-compile",
-            "--profile",
-            "default",
-            "ijepa",
-            "--out",
-            str(tmp_path),
-            "--reference",
-            str(tmp_path / "missing.json"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
+    run_on_cpu(
+        tmp_path,
+        *("--steps", "1", "--warmup", "0", "--flop-steps", "1", "--methods", "ijepa"),
+        *("--vit-batches", "2", "--default-batch", "8", "--no-digits", "--no-compile"),
+        *("--profile", "default", "ijepa"),
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The first table sums every operation over the profiled steps (the second splits
     # them by the Python lines that issued them).
     table = (tmp_path / "profile_default_ijepa.txt").read_text().split("\n\n")[0]
