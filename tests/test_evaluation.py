@@ -86,20 +86,49 @@ def test_evaluate_features_is_deterministic(separable_metrics):
     assert evaluate_features(features, labels, split, CONFIG, seed=0) == separable_metrics
 
 
-def test_select_c_and_score_matches_independent_fits():
+@pytest.mark.parametrize("grid", [[0.001, 0.1, 10.0], [10.0, 0.003, 1e-4, 0.001]])
+def test_select_c_and_score_matches_independent_fits(grid):
+    """Against scikit-learn's own solver (lbfgs), each C fitted from zero, in float64:
+    the same C and the same accuracies, whatever order the grid lists its values in.
+    On a tie the first in the grid's order wins: 0.003 and 0.001 tie on val here and
+    differ on test, and the fits run from the smallest C up."""
     features, labels, split = gaussian_clusters(separation=0.6, seed=2)
     part = {s: (features[split == s], labels[split == s]) for s in ("train", "val", "test")}
-    config = EvaluationConfig(c_grid=[0.001, 0.1, 10.0], max_iter=500)
+    config = EvaluationConfig(c_grid=grid, max_iter=5000)
     result = select_c_and_score(part["train"], part["val"], part["test"], config)
     fits = {
-        c: LogisticRegression(C=c, max_iter=500, tol=config.tol).fit(*part["train"])
+        c: LogisticRegression(C=c, max_iter=5000, tol=config.tol).fit(
+            part["train"][0].astype(np.float64), part["train"][1]
+        )
         for c in config.c_grid
     }
     val_scores = {c: model.score(*part["val"]) for c, model in fits.items()}
     best_c = max(config.c_grid, key=lambda c: (val_scores[c], -config.c_grid.index(c)))
+    if 0.003 in grid:
+        assert best_c == 0.003 and val_scores[0.003] == val_scores[0.001]
     assert result["C"] == best_c
     assert result["val_accuracy"] == pytest.approx(val_scores[best_c])
     assert result["test_accuracy"] == pytest.approx(fits[best_c].score(*part["test"]))
+
+
+def test_a_fit_started_from_another_c_ends_where_a_fit_from_zero_ends():
+    """More dimensions than images, as in the low-shot probes of raw pixels: the fit of
+    C=10 started from the C=0.01 solution reaches the optimum the fit from zero reaches
+    (the loss is strictly convex, both run to tol) in fewer iterations."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(50, 200)).astype(np.float32)
+    y = np.arange(50) % 5
+    x[np.arange(50), y] += 3.0
+    from_zero = evaluation.fit_logistic(x, y, 10.0, 2000, 1e-8)
+    start = evaluation.fit_logistic(x, y, 0.01, 2000, 1e-8)
+    start_coef = start.coef_.copy()
+    warm = evaluation.fit_logistic(x, y, 10.0, 2000, 1e-8, start=start)
+    np.testing.assert_allclose(warm.coef_, from_zero.coef_, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(warm.intercept_, from_zero.intercept_, rtol=0, atol=1e-5)
+    probe = rng.normal(size=(400, 200))
+    np.testing.assert_array_equal(warm.predict(probe), from_zero.predict(probe))
+    assert warm.n_iter_.max() < from_zero.n_iter_.max()
+    np.testing.assert_array_equal(start.coef_, start_coef)  # the start is left as it was
 
 
 @pytest.mark.parametrize("shots", [1, 5, 10])
@@ -354,8 +383,8 @@ def test_a_probe_stopped_at_max_iter_is_reported_with_the_setting_to_raise(caplo
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 8)).astype(np.float32), np.arange(60) % 3
     with caplog.at_level("WARNING", logger="selfsup.evaluation"):
-        evaluation.fit_logistic(x, y, 10.0, 10, 1e-8)
-    assert "evaluation.max_iter=10" in caplog.text and "60 train images" in caplog.text
+        evaluation.fit_logistic(x, y, 10.0, 2, 1e-8)
+    assert "evaluation.max_iter=2" in caplog.text and "60 train images" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="selfsup.evaluation"):
         evaluation.fit_logistic(x, y, 10.0, 2000, 1e-8)
