@@ -1,17 +1,24 @@
 """Time the default `kedro run` end to end and print what BENCHMARKS.md records.
 
 Usage (from the repository root, in the project's environment):
-    python benchmarks/default_run.py [--json PATH] [extra kedro run arguments]
+    python benchmarks/default_run.py [--json PATH] [--baseline REV] [extra kedro run arguments]
 
 Prints the machine, the wall time, where it went (each node's own time, largest first;
 loading and saving datasets and Kedro's start-up are the rest) and the run's comparison
 table (every method's accuracy, pretraining time and throughput); exits non-zero if the
 run fails. The run is `kedro run` in a child process whose nodes are timed around
 `Node.run`, so the time is what `kedro run` takes, plus nothing but the timer.
+
+With --baseline (e.g. d0bb222), the same `kedro run` then runs the code of git revision
+REV, one run after the other on the same machine: REV's whole tree in a temporary folder
+(`git archive`, so without this checkout's data), with this environment and `PYTHONPATH`
+set to that tree's `src`; the extra arguments go to both runs. Prints both wall times,
+both node tables and the ratio of this checkout's time to REV's.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -27,6 +34,7 @@ from kedro.pipeline.node import Node
 
 # Run as a script, this folder is on sys.path.
 from machine import cpu_model, write_json
+from revisions import export_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 # Set in the child process: where it writes each node's time when it exits.
@@ -65,23 +73,37 @@ def node_table(nodes: list[dict], wall: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    arguments = sys.argv[1:]
-    json_path = None
-    if arguments[:1] == ["--json"]:
-        json_path, arguments = Path(arguments[1]), arguments[2:]
+def timed_run(tree: Path, arguments: list[str]) -> tuple[float, list[dict]] | None:
+    """`kedro run ARGUMENTS` of the project in `tree`, its code imported from `tree`'s
+    `src`: the wall time and each node's time, or None if it failed."""
     with tempfile.TemporaryDirectory() as scratch:
         times_path = Path(scratch) / "node_times.json"
         env = {**os.environ, "DO_NOT_TRACK": "1", NODE_TIMES: str(times_path)}
+        if tree != ROOT:
+            env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), env.get("PYTHONPATH", "")])
         start = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, __file__, "--timed-child", *arguments], cwd=ROOT, env=env, check=False
+            [sys.executable, str(Path(__file__).resolve()), "--timed-child", *arguments],
+            cwd=tree,
+            env=env,
+            check=False,
         )
         wall = time.perf_counter() - start
         if result.returncode:
-            print(f"kedro run failed with exit code {result.returncode}", file=sys.stderr)
-            return result.returncode
-        nodes = json.loads(times_path.read_text())["nodes"]
+            print(f"kedro run in {tree} failed with exit code {result.returncode}", file=sys.stderr)
+            return None
+        return wall, json.loads(times_path.read_text())["nodes"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--baseline", help="git revision whose kedro run to time after this one")
+    args, arguments = parser.parse_known_args()
+    current = timed_run(ROOT, arguments)
+    if current is None:
+        return 1
+    wall, nodes = current
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     machine = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}"
     print("\n## default kedro run")
@@ -92,9 +114,31 @@ def main() -> int:
     print()
     print(node_table(nodes, wall))
     print()
-    print((ROOT / "data/08_reporting/comparison.md").read_text())
-    if json_path is not None:
-        write_json(json_path, {"machine": machine, "wall_s": wall, "nodes": nodes})
+    comparison = ROOT / "data/08_reporting/comparison.md"
+    if "--pipelines" not in arguments and comparison.exists():
+        print(comparison.read_text())
+    record = {"machine": machine, "wall_s": wall, "nodes": nodes}
+    if args.baseline:
+        with tempfile.TemporaryDirectory(prefix="default_run_") as scratch:
+            baseline = timed_run(export_tree(args.baseline, Path(scratch)), arguments)
+        if baseline is None:
+            return 1
+        baseline_wall, baseline_nodes = baseline
+        print(f"\n## {args.baseline}, the same kedro run just after")
+        print(f"- kedro run wall time: {baseline_wall:.0f} s")
+        print()
+        print(node_table(baseline_nodes, baseline_wall))
+        print(
+            f"\nThis checkout took {wall:.0f} s, {args.baseline} {baseline_wall:.0f} s: "
+            f"{wall / baseline_wall:.3f} of its time ({baseline_wall / wall:.2f}x faster)."
+        )
+        record["baseline"] = {
+            "revision": args.baseline,
+            "wall_s": baseline_wall,
+            "nodes": baseline_nodes,
+        }
+    if args.json is not None:
+        write_json(args.json, record)
     return 0
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 # Run as a script, this folder is on sys.path.
 from machine import cpu_model
 from params import merge
+from revisions import export_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("R1", "default", "vit_b16")
@@ -207,17 +208,6 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
 # --- the driver ---------------------------------------------------------------------
 
 
-def export_tree(revision: str, into: Path) -> Path:
-    """The baseline's src/ and conf/ (all the worker reads) from git."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "src", "conf"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def time_side(tree: Path, config: str, method: str, variants: list[str], args) -> list[dict]:
     """One process timing `variants` of `method` at `config` on `tree`'s code."""
     command = [
@@ -320,7 +310,8 @@ def main() -> int:
         if args.baseline_tree:
             baseline, label = args.baseline_tree.resolve(), str(args.baseline_tree)
         else:
-            baseline, label = export_tree(args.baseline, Path(scratch)), args.baseline
+            baseline = export_tree(args.baseline, Path(scratch), ("src", "conf"))
+            label = args.baseline
         results = []
         for config in args.configs:
             methods = args.methods if config == "default" else ["ijepa"]
