@@ -160,9 +160,9 @@ def fit_logistic(
     at max_iter, where its accuracy may depend on the processor.
 
     Newton-CG: to the probes' tight `tol` it needs at most 17 iterations on the default
-    run's features where lbfgs needed hundreds, and it ends at the same optimum (the
-    loss is strictly convex): the same metrics in 0.4 to 0.5 of the time
-    (docs/defaults.md, "The same numbers on another processor")."""
+    run's features where lbfgs needed up to 888, and it ends at the same optimum (the
+    loss is strictly convex): the same metrics in 0.38 to 0.51 of the time
+    (`benchmarks/probes.py`; docs/defaults.md, "The same numbers on another processor")."""
     model = LogisticRegression(
         C=c, max_iter=max_iter, tol=tol, solver="newton-cg", warm_start=start is not None
     )
