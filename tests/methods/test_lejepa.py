@@ -148,7 +148,7 @@ def test_loss_is_the_weighted_sum_of_its_two_terms():
     method.train()
     inputs = method.input_sampler()(torch.randn(6, 1, 16, 16), SampleDraws.first_batch(6))
     loss = method.training_loss(inputs)
-    z = method.embeddings(inputs["views"])
+    z = method.embeddings(inputs)
     expected = 0.3 * method.sigreg_term(z, inputs["directions"]) + 0.7 * invariance(z)
     torch.testing.assert_close(loss, expected)
     per_view = [sigreg(view, inputs["directions"]) for view in z]

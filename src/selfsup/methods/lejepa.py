@@ -2,9 +2,11 @@
 SIGReg keeps the embeddings an isotropic Gaussian, so nothing collapses without an EMA
 teacher or a stop-gradient.
 
-Loss = lambda * SIGReg + (1 - lambda) * invariance, over V augmented views per image and
-the projector's outputs z. Invariance: the mean squared distance of each view's z to the
-mean z of its image's views. SIGReg (Sketched Isotropic Gaussian Regularization): z
+Loss = lambda * SIGReg + (1 - lambda) * invariance, over the augmented views of each image
+and the projector's outputs z. The views are V global ones at the image's size and,
+optionally, L local ones at a lower resolution (multi-crop, as in the paper's ImageNet
+runs), which cost a fraction of a global view. Invariance: the mean squared distance of
+each view's z to the mean z of its image's global views. SIGReg (Sketched Isotropic Gaussian Regularization): z
 projected on M random unit directions (redrawn each step); each 1-D projection's
 empirical characteristic function is compared with the standard normal's by the
 Epps-Pulley statistic, N * integral |ECF(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt over
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from selfsup import distributed
@@ -24,7 +26,7 @@ from selfsup.methods.base import InputSpec, PretrainingMethod
 from selfsup.methods.registry import register_method
 from selfsup.methods.views import AugmentationConfig, AugmentedViews, ViewAugmentation
 from selfsup.models import VisionTransformerEncoder
-from selfsup.params import StrictModel
+from selfsup.params import FloatRange, StrictModel, check_range
 from selfsup.randomness import SampleDraws
 
 
@@ -45,12 +47,27 @@ class SIGRegConfig(StrictModel):
     t_max: float = Field(3.0, gt=0)
 
 
+class LocalViewsConfig(StrictModel):
+    """Low-resolution views: the global views' augmentations with their own crop scale,
+    downsampled to `image_size` (a multiple of the patch size, below the image size)."""
+
+    count: int = Field(0, ge=0)
+    image_size: int = Field(16, ge=1)
+    crop_scale: FloatRange = (0.3, 1.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_in_unit_interval(cls, value: FloatRange) -> FloatRange:
+        return check_range("local_views.crop_scale", value, 0.0, 1.0)
+
+
 class LeJEPAConfig(StrictModel):
     """Method-specific LeJEPA parameters."""
 
     # lambda: SIGReg's share of the loss, the method's one trade-off.
     sigreg_weight: float = Field(0.02, gt=0, lt=1)
-    views: int = Field(4, ge=2)
+    views: int = Field(4, ge=2)  # global views, at the image's size
+    local_views: LocalViewsConfig = LocalViewsConfig()
     projector: LeJEPAProjectorConfig = LeJEPAProjectorConfig()
     sigreg: SIGRegConfig = SIGRegConfig()
     augmentations: AugmentationConfig = AugmentationConfig()
@@ -84,24 +101,47 @@ def sigreg(
     return epps_pulley(z @ directions, knots, t_max).mean()
 
 
-def invariance(z: torch.Tensor) -> torch.Tensor:
-    """z (V, N, K): the mean squared distance of each view's embedding to the mean
-    embedding of its image's views (0 when the views agree)."""
-    return (z - z.mean(dim=0, keepdim=True)).square().mean()
+def invariance(z: torch.Tensor, global_views: int | None = None) -> torch.Tensor:
+    """z (V, N, K), global views first: the mean squared distance of each view's
+    embedding to the mean embedding of its image's first `global_views` views (all V
+    when None; 0 when the views agree)."""
+    centre = z[:global_views].mean(dim=0, keepdim=True)
+    return (z - centre).square().mean()
 
 
 class LeJEPAInputs:
-    """The V views of each image and this step's SIGReg directions (one draw per global
-    step, shared by every micro-batch and process)."""
+    """The global views of each image, its local views (`local_views`, when there are
+    any) and this step's SIGReg directions (one draw per global step, shared by every
+    micro-batch and process)."""
 
-    def __init__(self, views: AugmentedViews, dim: int, directions: int) -> None:
+    def __init__(
+        self,
+        views: AugmentedViews,
+        local_views: AugmentedViews | None,
+        dim: int,
+        directions: int,
+    ) -> None:
         self.views = views
+        self.local_views = local_views
         self.dim = dim
         self.directions = directions
 
     def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
         directions = unit_directions(self.dim, self.directions, draws.for_batch("sigreg"))
-        return {**self.views(images, draws), "directions": directions}
+        inputs = {**self.views(images, draws), "directions": directions}
+        if self.local_views is not None:
+            inputs.update(self.local_views(images, draws))
+        return inputs
+
+
+def check_local_size(local_size: int, image_size: int, patch_size: int) -> None:
+    """Local views are a whole number of patches, and smaller than the image."""
+    if local_size % patch_size or not patch_size <= local_size < image_size:
+        raise ValueError(
+            f"lejepa local_views.image_size={local_size} must be a multiple of "
+            f"masking.patch_size={patch_size} below masking.image_size={image_size}; "
+            f"e.g. {max(patch_size, image_size // 2 // patch_size * patch_size)}"
+        )
 
 
 def projector(in_dim: int, config: LeJEPAProjectorConfig) -> nn.Sequential:
@@ -133,16 +173,36 @@ class LeJEPA(PretrainingMethod):
         self.augment = ViewAugmentation(
             config.augmentations, data.masking.image_size, data.channels
         )
+        local = config.local_views
+        if local.count:
+            check_local_size(local.image_size, data.masking.image_size, data.masking.patch_size)
+        augmentations = config.augmentations.model_copy(update={"crop_scale": local.crop_scale})
+        self.local_augment = ViewAugmentation(
+            augmentations, data.masking.image_size, data.channels, local.image_size
+        )
 
     def input_sampler(self) -> LeJEPAInputs:
-        views = AugmentedViews(self.augment, self.data.mean, self.data.std, self.config.views)
-        return LeJEPAInputs(views, self.config.projector.out_dim, self.config.sigreg.directions)
+        mean, std = self.data.mean, self.data.std
+        views = AugmentedViews(self.augment, mean, std, self.config.views)
+        count = self.config.local_views.count
+        local = AugmentedViews(self.local_augment, mean, std, count, "local_views")
+        return LeJEPAInputs(
+            views,
+            local if count else None,
+            self.config.projector.out_dim,
+            self.config.sigreg.directions,
+        )
 
-    def embeddings(self, views: torch.Tensor) -> torch.Tensor:
-        """Views (V, N, C, H, W) -> projector outputs (V, N, K), float32."""
-        count, batch = views.shape[:2]
-        pooled = self.encoder(views.flatten(0, 1)).mean(dim=1)
-        return self.projector(pooled).float().view(count, batch, -1)
+    def embeddings(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projector outputs (V + L, N, K), float32, of the global views (V, N, C, H, W)
+        and then the local ones (L, N, C, h, w). The two resolutions pass the encoder
+        apart but the projector together, so its BatchNorm normalizes over every view."""
+        views = [inputs["views"]]
+        if "local_views" in inputs:
+            views.append(inputs["local_views"])
+        pooled = [self.encoder(group.flatten(0, 1)).mean(dim=1) for group in views]
+        count, batch = sum(len(group) for group in views), views[0].shape[1]
+        return self.projector(torch.cat(pooled)).float().view(count, batch, -1)
 
     def sigreg_term(self, z: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         """SIGReg of each view's embeddings, averaged over views. Data-parallel: every
@@ -158,9 +218,10 @@ class LeJEPA(PretrainingMethod):
         ).mean()
 
     def training_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        z = self.embeddings(inputs["views"])
+        z = self.embeddings(inputs)
         weight = self.config.sigreg_weight
-        return weight * self.sigreg_term(z, inputs["directions"]) + (1 - weight) * invariance(z)
+        agreement = invariance(z, global_views=self.config.views)
+        return weight * self.sigreg_term(z, inputs["directions"]) + (1 - weight) * agreement
 
     def examples(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
         """Each image and its views (the first four)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import Field, field_validator
+from torch.nn import functional as nnf
 from torchvision.transforms.v2 import functional as F
 
 from selfsup.crops import crop_box, resized_crops
@@ -78,11 +79,15 @@ class ViewAugmentation:
     torchvision draws one set of parameters per call, so a batch would cost one call per
     view; here the parameters of every view are drawn first (`draw`) and the batch is
     transformed at once (`apply`), which gives what torchvision's functional ops give
-    view by view with the same parameters (tests/methods/test_views.py)."""
+    view by view with the same parameters (tests/methods/test_views.py).
+
+    With `output_size` below the image size (LeJEPA's local views), each finished view is
+    then downsampled to it, bilinearly with antialiasing."""
 
     config: AugmentationConfig
     image_size: int
     channels: int
+    output_size: int | None = None  # None: the image size
 
     @property
     def blur_kernel(self) -> int:
@@ -138,7 +143,10 @@ class ViewAugmentation:
         for row in np.flatnonzero(draws.blur):
             kernel = [self.blur_kernel, self.blur_kernel]
             out[row] = F.gaussian_blur(out[row], kernel, [float(draws.sigma[row])] * 2)
-        return out
+        size = self.output_size or self.image_size
+        if size == self.image_size:
+            return out
+        return nnf.interpolate(out, size=(size, size), mode="bilinear", antialias=True)
 
     def _adjust(
         self, out: torch.Tensor, rows: np.ndarray, adjustment: int, factors: np.ndarray
@@ -173,12 +181,15 @@ class AugmentedViews:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     count: int = 2
+    # The inputs' key, which is also the random stream the views are drawn from, so
+    # another set of views (LeJEPA's local ones) never shifts these.
+    name: str = "views"
 
     def __call__(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         pixels = (images.float() * std + mean).clamp(0, 1)
-        choices = self.augment.draw(draws.per_sample("views"), self.count)
+        choices = self.augment.draw(draws.per_sample(self.name), self.count)
         views = self.augment.apply(pixels.repeat(self.count, 1, 1, 1), choices)
-        views = views.view(self.count, *pixels.shape)
-        return {"views": (views - mean) / std}
+        views = views.view(self.count, len(pixels), *views.shape[1:])
+        return {self.name: (views - mean) / std}

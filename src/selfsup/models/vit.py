@@ -12,7 +12,12 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from timm.layers import PatchEmbed, build_sincos2d_pos_embed, trunc_normal_
+from timm.layers import (
+    PatchEmbed,
+    build_sincos2d_pos_embed,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
 from torch import nn
 
 from selfsup.models.tokens import Queries, TokenBlock, TokenLayout
@@ -82,7 +87,9 @@ class VisionTransformerEncoder(nn.Module):
 
     `forward(images, patch_indices, valid)` encodes only the patches listed per image;
     padded entries (valid False) are hidden from attention. `forward_tokens` does the
-    same on packed tokens (`selfsup.models.tokens`), so padding costs nothing.
+    same on packed tokens (`selfsup.models.tokens`), so padding costs nothing. Images of
+    another size (a multiple of the patch size: LeJEPA's low-resolution local views) get
+    the positions resampled to their grid, so they span the same range as a full image's.
     """
 
     def __init__(
@@ -100,7 +107,9 @@ class VisionTransformerEncoder(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.weight_init = weight_init
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(
+            image_size, patch_size, in_chans, embed_dim, strict_img_size=False
+        )
         self.grid = image_size // patch_size
         self.register_buffer(
             "pos_embed", sincos_positions(self.grid, embed_dim)[None], persistent=False
@@ -124,10 +133,21 @@ class VisionTransformerEncoder(nn.Module):
     def num_patches(self) -> int:
         return self.grid * self.grid
 
+    def positions(self, images: torch.Tensor) -> torch.Tensor:
+        """(1, patches, D) positions of `images`' patch grid: the full grid's, or those
+        resampled (bicubic, as timm does for other resolutions) to a smaller or larger one."""
+        patch = self.patch_embed.patch_size
+        grid = [images.shape[-2] // patch[0], images.shape[-1] // patch[1]]
+        if grid == [self.grid, self.grid]:
+            return self.pos_embed
+        return resample_abs_pos_embed(
+            self.pos_embed, grid, [self.grid, self.grid], num_prefix_tokens=0
+        )
+
     def embed(
         self, images: torch.Tensor, patch_indices: torch.Tensor | None = None
     ) -> torch.Tensor:
-        tokens = self.patch_embed(images) + self.pos_embed
+        tokens = self.patch_embed(images) + self.positions(images)
         return tokens if patch_indices is None else gather_tokens(tokens, patch_indices)
 
     def embed_tokens(
@@ -135,7 +155,7 @@ class VisionTransformerEncoder(nn.Module):
     ) -> torch.Tensor:
         """The layout's tokens of the listed patches (all patches when None), with
         their positions: (T, D) packed or (B, L, D) dense."""
-        tokens = self.patch_embed(images) + self.pos_embed
+        tokens = self.patch_embed(images) + self.positions(images)
         if patch_indices is None:
             return tokens
         if not layout.packed:
@@ -165,7 +185,10 @@ class VisionTransformerEncoder(nn.Module):
         """The layout of the selected patches: packed when `valid` has gaps."""
         if valid is not None:
             return TokenLayout.from_valid(valid)
-        length = self.num_patches if patch_indices is None else patch_indices.shape[1]
+        if patch_indices is not None:
+            return TokenLayout.dense(images.shape[0], patch_indices.shape[1])
+        patch = self.patch_embed.patch_size
+        length = (images.shape[-2] // patch[0]) * (images.shape[-1] // patch[1])
         return TokenLayout.dense(images.shape[0], length)
 
     def forward_tokens(
