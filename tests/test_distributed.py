@@ -28,6 +28,7 @@ HYPERPARAMETERS = {
     # BatchNorm off: per process on the CPU, it would make 2 processes differ from 1.
     "lejepa": {
         "views": 3,
+        "local_views": {"count": 2, "image_size": 8},
         "projector": {"hidden_dim": 32, "out_dim": 8, "batch_norm": False},
         "sigreg": {"directions": 16},
     },

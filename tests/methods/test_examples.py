@@ -108,6 +108,21 @@ def test_simclr_shows_the_two_views_of_its_loss():
     assert not torch.equal(pictures["view 1"], pictures["view 2"])
 
 
+def test_lejepa_shows_its_global_views_and_its_local_views_in_blocks():
+    lejepa = method("lejepa", views=2, local_views={"count": 3, "image_size": 8})
+    batch = images()
+    draws = SampleDraws.first_batch(3, seed=1)
+    pictures = lejepa.examples(batch, draws)
+    inputs = lejepa.input_sampler()(batch, draws)
+    assert list(pictures) == ["image", "view 1", "view 2", "local view 1", "local view 2"]
+    assert torch.equal(pictures["view 2"], inputs["views"][1])
+    local = pictures["local view 1"]
+    assert local.shape == batch.shape
+    # Each 8 px pixel fills a 2x2 block of the 16 px picture.
+    assert torch.equal(local[..., ::2, ::2], inputs["local_views"][0])
+    assert torch.equal(local[..., 1::2, 1::2], inputs["local_views"][0])
+
+
 def test_to_pixels_inverts_the_model_input():
     pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     normalization = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25]}

@@ -116,6 +116,19 @@ def test_invariance_is_zero_when_all_views_agree_and_the_mean_squared_spread_oth
     assert float(invariance(z)) == pytest.approx(float(spread.mean()), rel=1e-6)
 
 
+def test_with_local_views_the_centre_is_the_mean_of_the_global_views_alone():
+    z = torch.randn(5, 6, 8, generator=torch.Generator().manual_seed(1))  # 2 global, 3 local
+    views = z.numpy()
+    centre = views[:2].mean(axis=0, keepdims=True)
+    expected = ((views - centre) ** 2).mean()
+    assert float(invariance(z, global_views=2)) == pytest.approx(float(expected), rel=1e-6)
+    # Local views that agree with the global views' centre add nothing.
+    agreeing = torch.cat([z[:2], z[:2].mean(dim=0, keepdim=True).expand(3, 6, 8)])
+    torch.testing.assert_close(
+        invariance(agreeing, global_views=2) * 5 / 2, invariance(z[:2]), rtol=1e-6, atol=0
+    )
+
+
 def tiny_lejepa(**hyperparameters) -> LeJEPA:
     torch.manual_seed(0)
     return build_method("lejepa", {**SMALL, **hyperparameters}, ENCODER, MASKING, in_chans=1)
@@ -127,6 +140,18 @@ def test_registered_and_validated_by_name():
         PretrainingConfig(method="lejepa", hyperparameters={"sigreg_weight": 1.0})
     with pytest.raises(ValueError, match="views"):
         PretrainingConfig(method="lejepa", hyperparameters={"views": 1})
+    with pytest.raises(ValueError, match="local_views.crop_scale"):
+        PretrainingConfig(
+            method="lejepa", hyperparameters={"local_views": {"crop_scale": [0.5, 1.5]}}
+        )
+
+
+@pytest.mark.parametrize("size", [6, 16, 20, 0])
+def test_a_local_size_off_the_patch_grid_or_not_below_the_image_is_refused(size):
+    local = {"count": 2, "image_size": size}
+    with pytest.raises(ValueError, match="image_size"):  # 0 fails the field's own bound
+        tiny_lejepa(local_views=local)
+    tiny_lejepa(local_views={"count": 0, "image_size": size or 1})  # unused: not checked
 
 
 def test_inputs_hold_every_view_and_one_draw_of_directions_per_step():
@@ -141,20 +166,33 @@ def test_inputs_hold_every_view_and_one_draw_of_directions_per_step():
     assert torch.equal(other["directions"], inputs["directions"])
     next_step = method.input_sampler()(images, SampleDraws(0, 0, 8, np.arange(5)))
     assert not torch.equal(next_step["directions"], inputs["directions"])
+    assert "local_views" not in inputs
 
 
-def test_loss_is_the_weighted_sum_of_its_two_terms():
-    method = tiny_lejepa(sigreg_weight=0.3)
+def test_local_views_are_smaller_drawn_apart_and_leave_the_global_views_as_they_were():
+    images = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    draws = SampleDraws(0, 0, 7, np.arange(5))
+    local = {"count": 2, "image_size": 8, "crop_scale": [0.2, 0.5]}
+    inputs = tiny_lejepa(views=3, local_views=local).input_sampler()(images, draws)
+    without = tiny_lejepa(views=3).input_sampler()(images, draws)
+    assert inputs["local_views"].shape == (2, 5, 1, 8, 8)
+    assert torch.equal(inputs["views"], without["views"])
+    assert not torch.equal(inputs["local_views"][0], inputs["local_views"][1])
+
+
+@pytest.mark.parametrize("local_count", [0, 2])
+def test_loss_is_the_weighted_sum_of_its_two_terms(local_count):
+    local = {"count": local_count, "image_size": 8}
+    method = tiny_lejepa(sigreg_weight=0.3, views=2, local_views=local)
     method.train()
     inputs = method.input_sampler()(torch.randn(6, 1, 16, 16), SampleDraws.first_batch(6))
     loss = method.training_loss(inputs)
     z = method.embeddings(inputs)
-    expected = 0.3 * method.sigreg_term(z, inputs["directions"]) + 0.7 * invariance(z)
-    torch.testing.assert_close(loss, expected)
+    assert z.shape == (2 + local_count, 6, 8)
+    sigreg_part = method.sigreg_term(z, inputs["directions"])
+    torch.testing.assert_close(loss, 0.3 * sigreg_part + 0.7 * invariance(z, global_views=2))
     per_view = [sigreg(view, inputs["directions"]) for view in z]
-    torch.testing.assert_close(
-        method.sigreg_term(z, inputs["directions"]), torch.stack(per_view).mean()
-    )
+    torch.testing.assert_close(sigreg_part, torch.stack(per_view).mean())
 
 
 def test_a_short_training_lowers_the_loss_and_keeps_the_embeddings_spread():

@@ -59,6 +59,20 @@ def test_batched_views_equal_torchvision_view_by_view(channels):
         assert 0 < chosen.sum() < len(chosen)
 
 
+def test_low_resolution_views_are_the_full_views_downsampled_by_torchvision():
+    """A view with `output_size` is the full-size view with the same draws, then resized
+    by torchvision with antialiasing."""
+    full = ViewAugmentation(EVERYTHING_ON, image_size=20, channels=3)
+    small = ViewAugmentation(EVERYTHING_ON, image_size=20, channels=3, output_size=8)
+    pixels = torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    draws = full.draw([np.random.default_rng(row) for row in range(6)], count=2)
+    images = pixels.repeat(2, 1, 1, 1)
+    expected = F.resize(full.apply(images.clone(), draws), [8, 8], antialias=True)
+    views = small.apply(images.clone(), draws)
+    assert views.shape == (12, 3, 8, 8)
+    torch.testing.assert_close(views, expected, atol=1e-5, rtol=0)
+
+
 def test_draws_are_view_major_and_each_image_draws_from_its_own_generator():
     augmentation = ViewAugmentation(EVERYTHING_ON, image_size=16, channels=3)
     draws = augmentation.draw([np.random.default_rng(row) for row in range(5)], count=2)

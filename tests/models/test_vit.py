@@ -103,6 +103,26 @@ def test_positional_embedding_is_a_fixed_buffer():
     assert "pos_embed" not in encoder.state_dict()
 
 
+def test_smaller_images_get_positions_spanning_the_whole_grid():
+    """16 px images on a 32 px encoder (a 4x4 grid of an 8x8 one): each position is
+    resampled from the full grid's, nearest to the full positions its patch covers, so a
+    low-resolution view spans the image instead of its top-left corner."""
+    torch.manual_seed(0)
+    encoder = VisionTransformerEncoder(32, PATCH, CHANS, embed_dim=64, depth=1, num_heads=2)
+    small = torch.randn(2, CHANS, 16, 16)
+    assert encoder(small).shape == (2, 16, 64)
+    resampled = encoder.positions(small)[0]
+    full = encoder.pos_embed[0]
+    nearest = torch.cdist(resampled, full).argmin(dim=1)
+    for index, full_index in enumerate(nearest.tolist()):
+        row, column = divmod(index, 4)
+        assert divmod(full_index, 8)[0] in (2 * row, 2 * row + 1), index
+        assert divmod(full_index, 8)[1] in (2 * column, 2 * column + 1), index
+    assert encoder.positions(torch.randn(1, CHANS, 32, 32)) is encoder.pos_embed
+    with pytest.raises(AssertionError, match="divisible by patch size"):
+        encoder(torch.randn(1, CHANS, 18, 18))
+
+
 def test_pos_embed_not_changed_by_an_optimizer_step():
     encoder = make_encoder()
     encoder.train()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import nn
+from torch.nn import functional as nnf
 
 from selfsup import distributed
 from selfsup.methods.base import InputSpec, PretrainingMethod
@@ -224,9 +225,16 @@ class LeJEPA(PretrainingMethod):
         return weight * self.sigreg_term(z, inputs["directions"]) + (1 - weight) * agreement
 
     def examples(self, images: torch.Tensor, draws: SampleDraws) -> dict[str, torch.Tensor]:
-        """Each image and its views (the first four)."""
-        views = self.input_sampler().views(images, draws)["views"]
-        return {"image": images, **{f"view {v + 1}": views[v] for v in range(min(4, len(views)))}}
+        """Each image, its first four global views and its first two local ones, shown
+        at the image's size (each local pixel a block, so their resolution shows)."""
+        inputs = self.input_sampler()(images, draws)
+        pictures = {"image": images}
+        for v, view in enumerate(inputs["views"][:4]):
+            pictures[f"view {v + 1}"] = view
+        if "local_views" in inputs:
+            for v, view in enumerate(inputs["local_views"][:2]):
+                pictures[f"local view {v + 1}"] = nnf.interpolate(view, size=images.shape[-2:])
+        return pictures
 
     def evaluation_encoder(self) -> VisionTransformerEncoder:
         return self.encoder
