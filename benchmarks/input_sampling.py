@@ -4,7 +4,7 @@ called once per image or view, side by side.
 For one batch of --batch-size random images at the default size, times
 - the training loop's RandomResizedCrop (I-JEPA's crop scale): `selfsup.batches.
   random_resized_crops` against torchvision's `v2.RandomResizedCrop` called per image;
-- SimCLR's 2 and LeJEPA's 4 views (their conf/base augmentations):
+- SimCLR's 2 views and LeJEPA's global views (`views`; their conf/base augmentations):
   `selfsup.methods.views.AugmentedViews` against torchvision's v2 pipeline (crop,
   flip, colour jitter, grayscale on colour images, blur when on) called per view.
 Both sides draw their parameters per image from the same seeds the training loop uses,

@@ -178,6 +178,9 @@ def test_local_views_are_smaller_drawn_apart_and_leave_the_global_views_as_they_
     assert inputs["local_views"].shape == (2, 5, 1, 8, 8)
     assert torch.equal(inputs["views"], without["views"])
     assert not torch.equal(inputs["local_views"][0], inputs["local_views"][1])
+    # Unset, the local size is half the image's in whole patches: 8 px of 16 with patch 4.
+    halves = tiny_lejepa(local_views={"count": 1}).input_sampler()(images, draws)
+    assert halves["local_views"].shape == (1, 5, 1, 8, 8)
 
 
 @pytest.mark.parametrize("local_count", [0, 2])

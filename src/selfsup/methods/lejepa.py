@@ -50,10 +50,11 @@ class SIGRegConfig(StrictModel):
 
 class LocalViewsConfig(StrictModel):
     """Low-resolution views: the global views' augmentations with their own crop scale,
-    downsampled to `image_size` (a multiple of the patch size, below the image size)."""
+    downsampled to `image_size` (a multiple of the patch size, below the image size;
+    None: half the image size, down to a multiple of the patch size)."""
 
     count: int = Field(0, ge=0)
-    image_size: int = Field(16, ge=1)
+    image_size: int | None = Field(None, ge=1)
     crop_scale: FloatRange = (0.3, 1.0)
 
     @field_validator("crop_scale")
@@ -135,13 +136,21 @@ class LeJEPAInputs:
         return inputs
 
 
+def local_image_size(setting: int | None, image_size: int, patch_size: int) -> int:
+    """The local views' side: the setting, or half the image's in whole patches (the
+    paper's ImageNet local views are 96 px for 224 px global ones)."""
+    if setting is not None:
+        return setting
+    return max(patch_size, image_size // 2 // patch_size * patch_size)
+
+
 def check_local_size(local_size: int, image_size: int, patch_size: int) -> None:
     """Local views are a whole number of patches, and smaller than the image."""
     if local_size % patch_size or not patch_size <= local_size < image_size:
         raise ValueError(
             f"lejepa local_views.image_size={local_size} must be a multiple of "
             f"masking.patch_size={patch_size} below masking.image_size={image_size}; "
-            f"e.g. {max(patch_size, image_size // 2 // patch_size * patch_size)}"
+            f"e.g. {local_image_size(None, image_size, patch_size)} (null picks that)"
         )
 
 
@@ -175,11 +184,14 @@ class LeJEPA(PretrainingMethod):
             config.augmentations, data.masking.image_size, data.channels
         )
         local = config.local_views
+        local_size = local_image_size(
+            local.image_size, data.masking.image_size, data.masking.patch_size
+        )
         if local.count:
-            check_local_size(local.image_size, data.masking.image_size, data.masking.patch_size)
+            check_local_size(local_size, data.masking.image_size, data.masking.patch_size)
         augmentations = config.augmentations.model_copy(update={"crop_scale": local.crop_scale})
         self.local_augment = ViewAugmentation(
-            augmentations, data.masking.image_size, data.channels, local.image_size
+            augmentations, data.masking.image_size, data.channels, local_size
         )
 
     def input_sampler(self) -> LeJEPAInputs:
