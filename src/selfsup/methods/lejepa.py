@@ -198,12 +198,11 @@ class LeJEPA(PretrainingMethod):
         mean, std = self.data.mean, self.data.std
         views = AugmentedViews(self.augment, mean, std, self.config.views)
         count = self.config.local_views.count
-        local = AugmentedViews(self.local_augment, mean, std, count, "local_views")
+        local = (
+            AugmentedViews(self.local_augment, mean, std, count, "local_views") if count else None
+        )
         return LeJEPAInputs(
-            views,
-            local if count else None,
-            self.config.projector.out_dim,
-            self.config.sigreg.directions,
+            views, local, self.config.projector.out_dim, self.config.sigreg.directions
         )
 
     def embeddings(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

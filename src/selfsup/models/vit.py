@@ -133,11 +133,15 @@ class VisionTransformerEncoder(nn.Module):
     def num_patches(self) -> int:
         return self.grid * self.grid
 
+    def patch_grid(self, images: torch.Tensor) -> list[int]:
+        """[rows, columns] of `images`' patches."""
+        patch = self.patch_embed.patch_size
+        return [images.shape[-2] // patch[0], images.shape[-1] // patch[1]]
+
     def positions(self, images: torch.Tensor) -> torch.Tensor:
         """(1, patches, D) positions of `images`' patch grid: the full grid's, or those
         resampled (bicubic, as timm does for other resolutions) to a smaller or larger one."""
-        patch = self.patch_embed.patch_size
-        grid = [images.shape[-2] // patch[0], images.shape[-1] // patch[1]]
+        grid = self.patch_grid(images)
         if grid == [self.grid, self.grid]:
             return self.pos_embed
         return resample_abs_pos_embed(
@@ -187,9 +191,8 @@ class VisionTransformerEncoder(nn.Module):
             return TokenLayout.from_valid(valid)
         if patch_indices is not None:
             return TokenLayout.dense(images.shape[0], patch_indices.shape[1])
-        patch = self.patch_embed.patch_size
-        length = (images.shape[-2] // patch[0]) * (images.shape[-1] // patch[1])
-        return TokenLayout.dense(images.shape[0], length)
+        rows, columns = self.patch_grid(images)
+        return TokenLayout.dense(images.shape[0], rows * columns)
 
     def forward_tokens(
         self,
