@@ -115,7 +115,7 @@ def test_one_line_of_the_shared_training_block_changes_every_method(tmp_path):
     assert params["ijepa"]["training"]["batch_size"] == 32
     assert params["mae"]["training"]["batch_size"] == shared["batch_size"] == 64
     assert params["mae"]["training"]["epochs"] == shared["epochs"]
-    assert params["ijepa"]["monitors"]["every_steps"] == 100
+    assert params["ijepa"]["monitors"]["every_steps"] == 200
     assert params["simclr"]["monitors"] == params["_monitors"]
 
     pretraining = tmp_path / "conf" / "base" / "parameters_pretraining.yml"
