@@ -9,14 +9,24 @@ import platform
 from pathlib import Path
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model name, with its family and model numbers where `cpuinfo`
+    has them: a virtual machine may name only the vendor's line ("AMD EPYC"), and the
+    numbers tell its generations apart (family 25 is Zen 3 or 4, family 26 Zen 5)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        fields: dict[str, str] = {}
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break  # the first processor's block is enough
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        fields = {}
+    if "model name" not in fields:
+        return platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+    return fields["model name"]
 
 
 def write_json(path: Path, record: dict) -> None:
