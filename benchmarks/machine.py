@@ -16,10 +16,10 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     try:
         fields: dict[str, str] = {}
         for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
             if not line.strip():
                 break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         fields = {}
     if "model name" not in fields:
