@@ -186,6 +186,39 @@ def test_bf16_attention_on_cpu_matches_float64(with_mask):
     )
 
 
+def test_attention_bias_is_the_mask_as_scores():
+    """0 where the mask allows attending, -inf where not, in bf16; None without a mask."""
+    structure = torch.rand(5, 5, generator=torch.Generator().manual_seed(1)) > 0.4
+    layout = TokenLayout.packing(
+        3, 5, valid_mask(LENGTHS).flatten().nonzero().squeeze(1), structure
+    )
+    mask, bias = layout.attention_mask, layout.attention_bias
+    assert bias.dtype == torch.bfloat16 and bias.shape == mask.shape == (3, 1, 5, 5)
+    assert torch.equal(bias == 0, mask) and torch.equal(bias == float("-inf"), ~mask)
+    assert TokenLayout.dense(3, 5).attention_bias is None
+
+
+def test_bf16_attention_adds_a_bias_as_the_mask_hides():
+    """On the CPU bf16 path, adding the bias gives the masked attention's outputs and
+    gradients exactly (the packed block passes the bias there)."""
+    generator = torch.Generator().manual_seed(2)
+    structure = torch.rand(7, 7, generator=generator) > 0.5
+    structure[:, 0] = True  # every row may attend to a real slot (slot 0 is real)
+    layout = TokenLayout.packing(
+        3, 7, valid_mask([7, 3, 5]).flatten().nonzero().squeeze(1), structure
+    )
+    q, k, v = (torch.randn(3, 2, 7, 8, generator=generator).bfloat16() for _ in range(3))
+    weights = torch.randn(3, 2, 7, 8, generator=generator).bfloat16()
+    results = []
+    for mask in (layout.attention_mask, layout.attention_bias):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = attention(*inputs, mask)
+        (out * weights).sum().backward()
+        results.append([out, *(t.grad for t in inputs)])
+    for from_mask, from_bias in zip(*results, strict=True):
+        assert torch.equal(from_mask, from_bias)
+
+
 def test_packed_stochastic_depth_drops_whole_sequences():
     block = make_block(drop_path=0.5).train()
     layout = TokenLayout.from_valid(valid_mask([6, 1, 3, 6, 2, 6, 4, 5]))

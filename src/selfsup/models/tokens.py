@@ -127,6 +127,19 @@ class TokenLayout:
             mask = structure if mask is None else mask & structure
         return mask
 
+    @cached_property
+    def attention_bias(self) -> torch.Tensor | None:
+        """`attention_mask` as a bf16 bias added to the scores: 0 where a slot may
+        attend, -inf where it may not. Adding it gives the scores `masked_fill` gives,
+        faster: filling through a broadcast boolean mask is slow on the CPU and has a
+        backward of its own, an addition's backward hands the gradient on
+        (docs/training-speed.md)."""
+        mask = self.attention_mask
+        if mask is None:
+            return None
+        bias = torch.zeros(mask.shape, dtype=torch.bfloat16, device=mask.device)
+        return bias.masked_fill_(~mask, float("-inf"))
+
 
 @dataclass(frozen=True)
 class TailQueries:
@@ -167,11 +180,17 @@ class GatheredQueries:
 Queries = TailQueries | GatheredQueries
 
 
+def bf16_on_cpu(tensor: torch.Tensor) -> bool:
+    """Whether attention on `tensor` takes the two-product path of `attention`."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """Softmax attention of (S, H, Lq, d) queries over (S, H, L, d) keys and values;
-    `mask` broadcasts to (S, H, Lq, L), True where attending is allowed.
+    `mask` broadcasts to (S, H, Lq, L): boolean, True where attending is allowed, or
+    a float bias added to the scores (-inf where not allowed).
 
     In bf16 on the CPU, torch's fused kernel is several times slower than two batched
     matrix products for the short sequences used here (docs/training-speed.md), so
@@ -179,10 +198,12 @@ def attention(
     already are, and the weights are cast to bf16 for the product anyway) and
     accumulates in float32 inside.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if bf16_on_cpu(q):
         scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
-        if mask is not None:
+        if mask is not None and mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:
+            scores = scores + mask
         return torch.matmul(scores.softmax(dim=-1), v)
     if q.device.type == "cuda":
         with sdpa_kernel(_CUDA_ATTENTION):
@@ -213,14 +234,16 @@ class TokenBlock(Block):
         heads, head_dim = attn.num_heads, attn.head_dim
         width = heads * head_dim
         qkv = attn.qkv(self.norm1(x))
-        mask = layout.attention_mask
+        mask = layout.attention_bias if bf16_on_cpu(qkv) else layout.attention_mask
+        # split, not two slices: its backward is one concatenation, where each slice's
+        # would fill a zero tensor of qkv's size.
         if queries is None:
-            padded = layout.to_padded(qkv)
-            q, keys_values = padded[..., :width], padded[..., width:]
+            q, keys_values = layout.to_padded(qkv).split([width, 2 * width], dim=-1)
             residual = x
         else:
-            q = queries.select(qkv[..., :width], layout)
-            keys_values = layout.to_padded(qkv[..., width:])
+            q, keys_values = qkv.split([width, 2 * width], dim=-1)
+            q = queries.select(q, layout)
+            keys_values = layout.to_padded(keys_values)
             residual = queries.select(x, layout)
             mask = queries.mask_rows(mask)
         keys_values = keys_values.reshape(layout.num_sequences, layout.length, 2, heads, head_dim)
