@@ -8,6 +8,7 @@ from timm.models.vision_transformer import Block
 
 from selfsup.config import EncoderConfig
 from selfsup.models import VisionTransformerEncoder, build_encoder
+from selfsup.models.tokens import TokenLayout
 from selfsup.models.vit import (
     encoder_checkpoint,
     encoder_from_checkpoint,
@@ -48,6 +49,22 @@ def test_embed_gathers_positioned_patch_tokens():
     for b in range(2):
         for i in range(3):
             assert torch.equal(picked[b, i], full[b, indices[b, i]])
+
+
+def test_patch_tokens_are_contiguous_and_keep_the_stream_contiguous():
+    """The convolution's flattened output is transposed in memory, and sums keep their
+    first operand's strides: without the copy each LayerNorm and linear of every block
+    would copy its input first."""
+    encoder = make_encoder()
+    images = batch(2)
+    transposed = encoder.patch_embed(images) + encoder.pos_embed
+    assert not transposed.is_contiguous()
+    tokens = encoder.patch_tokens(images)
+    assert tokens.is_contiguous() and torch.equal(tokens, transposed)
+    layout = TokenLayout.dense(2, encoder.num_patches)
+    for block in encoder.blocks:
+        tokens = block(tokens, layout)
+        assert tokens.is_contiguous()
 
 
 def test_outputs_follow_patch_positions_not_sequence_order():

@@ -101,7 +101,8 @@ class TokenLayout:
         if self.slots is None:
             return tokens
         grid = tokens.new_zeros(self.num_sequences * self.length, tokens.shape[-1])
-        grid = grid.index_copy(0, self.slots, self.real_tokens(tokens))
+        # In place: the out-of-place index_copy would first copy the zeros.
+        grid.index_copy_(0, self.slots, self.real_tokens(tokens))
         return grid.view(self.num_sequences, self.length, -1)
 
     def sequence_of_tokens(self) -> torch.Tensor:

@@ -148,10 +148,18 @@ class VisionTransformerEncoder(nn.Module):
             self.pos_embed, grid, [self.grid, self.grid], num_prefix_tokens=0
         )
 
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, patches, D) patch embeddings with their positions, in
+        contiguous memory. The convolution's output, flattened, is (B, D, patches)
+        transposed; sums keep their first operand's strides, so without the copy every
+        residual sum downstream is transposed too, and each LayerNorm and linear copies
+        its input back (docs/training-speed.md)."""
+        return (self.patch_embed(images) + self.positions(images)).contiguous()
+
     def embed(
         self, images: torch.Tensor, patch_indices: torch.Tensor | None = None
     ) -> torch.Tensor:
-        tokens = self.patch_embed(images) + self.positions(images)
+        tokens = self.patch_tokens(images)
         return tokens if patch_indices is None else gather_tokens(tokens, patch_indices)
 
     def embed_tokens(
@@ -159,7 +167,7 @@ class VisionTransformerEncoder(nn.Module):
     ) -> torch.Tensor:
         """The layout's tokens of the listed patches (all patches when None), with
         their positions: (T, D) packed or (B, L, D) dense."""
-        tokens = self.patch_embed(images) + self.positions(images)
+        tokens = self.patch_tokens(images)
         if patch_indices is None:
             return tokens
         if not layout.packed:
