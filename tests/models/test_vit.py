@@ -53,8 +53,8 @@ def test_embed_gathers_positioned_patch_tokens():
 
 def test_patch_tokens_are_contiguous_and_keep_the_stream_contiguous():
     """The convolution's flattened output is transposed in memory, and sums keep their
-    first operand's strides: without the copy each LayerNorm and linear of every block
-    would copy its input first."""
+    first operand's strides: without the copy each LayerNorm of every block would copy
+    its input first."""
     encoder = make_encoder()
     images = batch(2)
     transposed = encoder.patch_embed(images) + encoder.pos_embed

@@ -152,8 +152,9 @@ class VisionTransformerEncoder(nn.Module):
         """(B, C, H, W) -> (B, patches, D) patch embeddings with their positions, in
         contiguous memory. The convolution's output, flattened, is (B, D, patches)
         transposed; sums keep their first operand's strides, so without the copy every
-        residual sum downstream is transposed too, and each LayerNorm and linear copies
-        its input back (docs/training-speed.md)."""
+        residual sum downstream is transposed too: each LayerNorm copies its input to
+        contiguous memory first, and the stream's casts and sums run on strided memory
+        (docs/training-speed.md)."""
         return (self.patch_embed(images) + self.positions(images)).contiguous()
 
     def embed(
