@@ -1,7 +1,8 @@
 """Time the default `kedro run` end to end and print what BENCHMARKS.md records.
 
 Usage (from the repository root, in the project's environment):
-    python benchmarks/default_run.py [--json PATH] [--baseline REV] [extra kedro run arguments]
+    python benchmarks/default_run.py [--json PATH] [--baseline REV] [--fp32]
+        [extra kedro run arguments]
 
 Prints the machine, the wall time, where it went (each node's own time, largest first;
 loading and saving datasets and Kedro's start-up are the rest) and the run's comparison
@@ -14,6 +15,10 @@ REV, one run after the other on the same machine: REV's whole tree in a temporar
 (`git archive`, so without this checkout's data), with this environment and `PYTHONPATH`
 set to that tree's `src`; the extra arguments go to both runs. Prints both wall times,
 both node tables and the ratio of this checkout's time to REV's.
+
+With --fp32, this checkout's run trains every method in float32
+(`<method>.training.precision=fp32`), as `precision: auto` does on a CPU without native
+bf16; the baseline runs as it is (d0bb222 trains in float32 everywhere on the CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from kedro.framework.cli import main as kedro_main
 from kedro.pipeline.node import Node
 
@@ -73,6 +79,23 @@ def node_table(nodes: list[dict], wall: float) -> str:
     return "\n".join(lines)
 
 
+def fp32_arguments(arguments: list[str]) -> list[str]:
+    """`arguments` with every method's `training.precision` set to fp32 (the methods of
+    conf/base/parameters_pretraining.yml: the entries with a `training` block)."""
+    if any(argument.split("=")[0] == "--params" for argument in arguments):
+        raise SystemExit(
+            "--fp32 sets kedro run's --params itself; put the other parameters in a "
+            "configuration environment (--env) instead"
+        )
+    pretraining = yaml.safe_load((ROOT / "conf/base/parameters_pretraining.yml").read_text())
+    methods = [
+        name
+        for name, block in pretraining.items()
+        if not name.startswith("_") and isinstance(block, dict) and "training" in block
+    ]
+    return [*arguments, "--params", ",".join(f"{m}.training.precision=fp32" for m in methods)]
+
+
 def timed_run(tree: Path, arguments: list[str]) -> tuple[float, list[dict]] | None:
     """`kedro run ARGUMENTS` of the project in `tree`, its code imported from `tree`'s
     `src`: the wall time and each node's time, or None if it failed."""
@@ -99,9 +122,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--baseline", help="git revision whose kedro run to time after this one")
+    parser.add_argument(
+        "--fp32",
+        action="store_true",
+        help="train this checkout's methods in float32 (a CPU without native bf16)",
+    )
     args, arguments = parser.parse_known_args()
     started = time.time()
-    current = timed_run(ROOT, arguments)
+    current = timed_run(ROOT, fp32_arguments(arguments) if args.fp32 else arguments)
     if current is None:
         return 1
     wall, nodes = current
