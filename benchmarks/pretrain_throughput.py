@@ -86,6 +86,7 @@ import yaml
 
 # Run as a script, this folder is on sys.path.
 from machine import cpu_model, write_json
+from op_profile import matmul_peak, synchronize
 from params import merge
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
@@ -211,39 +212,6 @@ def describe(config: dict, methods: list[str]) -> list[str]:
 
 
 # --- measurement --------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(
-    device: torch.device, dtype: torch.dtype, n: int, trials: int = 5
-) -> tuple[float, list[float]]:
-    """Best FLOP/s of `trials` timings of n x n matmuls in `dtype` (each timing runs as
-    many matmuls as fit in about 0.2 s, at least one)."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, generator=generator).to(dtype)
-    b = torch.randn(n, n, device=device, generator=generator).to(dtype)
-    flops = 2 * n**3
-    for _ in range(2):  # warm-up: kernel selection, thread pools
-        torch.mm(a, b)
-    synchronize(device)
-    start = time.perf_counter()
-    torch.mm(a, b)
-    synchronize(device)
-    one = time.perf_counter() - start
-    repeats = max(1, min(200, int(0.2 / max(one, 1e-6))))
-    rates = []
-    for _ in range(trials):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch.mm(a, b)
-        synchronize(device)
-        rates.append(flops * repeats / (time.perf_counter() - start))
-    return max(rates), rates
 
 
 def random_batch(batch_size: int, channels: int, size: int, device: torch.device):

@@ -21,12 +21,16 @@ Usage (repository root, the project's environment; needs git for --baseline):
     python benchmarks/step_speed.py [--baseline d0bb222] [--configs R1 default]
         [--methods ijepa mae simclr] [--rounds 3] [--warmup 3] [--steps 8]
         [--device auto|cpu|cuda] [--compile] [--fp32] [--ijepa-variants batch_min ...]
-        [--json PATH]
+        [--profile N] [--json PATH]
     python benchmarks/step_speed.py --baseline-tree DIR ...   # a tree made before
         (e.g. `git archive d0bb222 src conf | tar -x -C DIR`, where git is missing)
 MAE and SimCLR are timed at the default config only (their step has no I-JEPA sizes).
 --ijepa-variants also times I-JEPA's context options on the current code (one row each,
 against the same baseline).
+--profile N (CPU) profiles N more steps per round after the timed ones and prints where
+each side's step time goes: matrix products, copies and the rest (op_profile.py), the
+products' FLOPs and rate against this processor's GEMM rate, and how fast the current
+step could be with the same products.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import time
 from pathlib import Path
 
 # Run as a script, this folder is on sys.path.
+import op_profile
 from machine import cpu_model
 from params import merge
 from revisions import export_tree
@@ -163,6 +168,7 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
     bf16 = autocast_bf16(device) and not args.fp32
     sampler = method.input_sampler()
     total = args.warmup + args.steps
+    schedule_length = total + args.profile  # the profiled steps come after the timed ones
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -174,7 +180,7 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        method.after_optimizer_step(i, total)
+        method.after_optimizer_step(i, schedule_length)
         loss.item()
 
     warmup_start = time.perf_counter()
@@ -202,7 +208,34 @@ def time_steps(params: dict, channels: int, args, device) -> dict:
     }
     if device.type == "cuda":
         record["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    if args.profile and device.type == "cpu":
+        record["profile"] = profile_steps(step, total, args.profile, bf16)
     return record
+
+
+def profile_steps(step, first: int, count: int, bf16: bool) -> dict:
+    """`count` more steps under torch's profiler: each part's seconds per step
+    (op_profile), the time outside any operator, the products' FLOPs, and this
+    processor's GEMM rate in the step's precision."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        start = time.perf_counter()
+        for i in range(first, first + count):
+            step(i)
+        wall_s = (time.perf_counter() - start) / count
+    summary = op_profile.summarize(prof.events(), count)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return {
+        "seconds": summary.seconds,
+        "outside_operators_s": max(wall_s - summary.total_s, 0.0),
+        "profiled_step_s": wall_s,
+        "product_flops": summary.product_flops,
+        "top_rest": summary.top_rest,
+        "gemm_peak_flops_per_s": op_profile.matmul_peak(torch.device("cpu"), dtype, 2048)[0],
+        "gemm_dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 # --- the driver ---------------------------------------------------------------------
@@ -237,6 +270,8 @@ def time_side(tree: Path, config: str, method: str, variants: list[str], args) -
         command.append("--compile")
     if args.fp32:
         command.append("--fp32")
+    if args.profile:
+        command += ["--profile", str(args.profile)]
     paths = [str(tree / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -270,6 +305,78 @@ def summary(records: list[dict]) -> dict:
     }
 
 
+def mean_profile(records: list[dict]) -> dict:
+    """The rounds' profiles (`profile_steps`) averaged, field by field."""
+    profiles = [record["profile"] for record in records]
+    parts = {
+        part: statistics.fmean(p["seconds"][part] for p in profiles) for part in op_profile.PARTS
+    }
+    fields = ("outside_operators_s", "profiled_step_s", "product_flops", "gemm_peak_flops_per_s")
+    mean = {field: statistics.fmean(p[field] for p in profiles) for field in fields}
+    rest: dict[str, float] = {}
+    for p in profiles:
+        for name, seconds in p["top_rest"]:
+            rest[name] = rest.get(name, 0.0) + seconds / len(profiles)
+    top_rest = sorted(rest.items(), key=lambda item: item[1], reverse=True)
+    return {"seconds": parts, **mean, "gemm_dtype": profiles[0]["gemm_dtype"], "top_rest": top_rest}
+
+
+def print_profiles(results: list[dict], steps: int) -> None:
+    """Each side's step time by part, and how fast the current step could be with the
+    same products (op_profile.ceiling)."""
+    print(f"\n### Where the step's time goes (torch profiler, {steps} steps per round)\n")
+    print(
+        "| config | method | current code | side | step ms | profiled step ms | products ms "
+        "| copies ms "
+        "| rest ms | outside operators ms | products GFLOP | products GFLOP/s "
+        "| GEMM peak GFLOP/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    bounds = []
+    for row in results:
+        variant = "defaults" if row["variant"] == "default" else row["variant"]
+        sides = {}
+        for side in ("baseline", "current"):
+            profile = sides[side] = mean_profile(row[side]["rounds"])
+            seconds = profile["seconds"]
+            print(
+                f"| {row['config']} | {row['method']} | {variant} | {side} "
+                f"| {row[side]['median_step_s'] * 1e3:.1f} "
+                f"| {profile['profiled_step_s'] * 1e3:.1f} "
+                + " ".join(f"| {seconds[part] * 1e3:.1f}" for part in op_profile.PARTS)
+                + f" | {profile['outside_operators_s'] * 1e3:.1f} "
+                f"| {profile['product_flops'] / 1e9:.1f} "
+                f"| {profile['product_flops'] / seconds['products'] / 1e9:.0f} "
+                f"| {profile['gemm_peak_flops_per_s'] / 1e9:.0f} ({profile['gemm_dtype']}) |"
+            )
+        current = sides["current"]
+        largest = ", ".join(
+            f"{name} {seconds * 1e3:.1f}" for name, seconds in current["top_rest"][:5]
+        )
+        bounds.append(
+            f"- {row['config']} {row['method']} {variant}, the rest's largest (ms): {largest}"
+        )
+        bound = op_profile.ceiling(
+            row["baseline"]["images_per_s"],
+            row["current"]["batch_size"],
+            current["seconds"]["products"],
+            current["product_flops"],
+            current["gemm_peak_flops_per_s"],
+        )
+        bounds.append(
+            f"- {row['config']} {row['method']} {variant}: the current step's products alone "
+            f"take {bound['products_only_s'] * 1e3:.1f} ms "
+            f"({bound['products_only_speedup']:.2f}x the baseline's images/s), "
+            f"{bound['at_peak_s'] * 1e3:.1f} ms at the GEMM peak "
+            f"({bound['at_peak_speedup']:.2f}x)"
+        )
+    print(
+        "\nThe current step's largest operators outside the products and copies, and the "
+        "most it could gain with the same products if nothing else took time:"
+    )
+    print("\n".join(bounds))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="d0bb222", help="git revision to compare with")
@@ -292,6 +399,13 @@ def main() -> int:
         default=[],
         choices=sorted(VARIANTS),
         help="I-JEPA options also timed on the current code",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N steps per round (CPU): where each side's step time goes",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -377,6 +491,8 @@ def main() -> int:
             f"- peak GPU memory, {row['config']} {row['method']} {row['variant']}: "
             f"baseline {base_peak:,.0f} MiB, current {cur_peak:,.0f} MiB"
         )
+    if args.profile:
+        print_profiles(results, args.profile)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {
