@@ -377,6 +377,13 @@ def print_profiles(results: list[dict], steps: int) -> None:
     print("\n".join(bounds))
 
 
+def on_cuda(device: str) -> bool:
+    """Whether the workers will train on CUDA (`--device auto` picks it when present)."""
+    import torch
+
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="d0bb222", help="git revision to compare with")
@@ -419,6 +426,10 @@ def main() -> int:
         return 0
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--rounds and --steps must be >= 1, --warmup >= 0")
+    if args.profile < 0:
+        parser.error("--profile must be >= 0")
+    if args.profile and on_cuda(args.device):
+        parser.error("--profile profiles the CPU step only; add --device cpu, or drop --profile")
 
     with tempfile.TemporaryDirectory(prefix="step_speed_") as scratch:
         if args.baseline_tree:

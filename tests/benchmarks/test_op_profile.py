@@ -137,3 +137,23 @@ def test_step_speed_profiles_a_real_mae_step():
     parts = sum(profiled["seconds"].values()) + profiled["outside_operators_s"]
     assert parts == pytest.approx(profiled["profiled_step_s"], rel=0.05)
     assert profiled["gemm_peak_flops_per_s"] > 0
+
+
+def test_step_speed_refuses_to_profile_a_cuda_step_before_any_run(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "step_speed.py"),
+            "--device",
+            "cuda",
+            "--profile",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--profile profiles the CPU step only; add --device cpu" in done.stderr
+    assert "images/s" not in done.stdout
